@@ -1,0 +1,104 @@
+"""Elementwise activations: ReLU, GELU (exact erf and tanh approximation), SiLU.
+
+Each is y = φ(x) elementwise, so its backward is dx = dy ⊙ φ'(x); a subclass only states φ
+and φ'.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .arrays import array_namespace, erf
+from .checks import check_array, check_choice
+from .module import Module
+
+
+class Elementwise(Module):
+    """y = φ(x) elementwise;  dx = dy ⊙ φ'(x)."""
+
+    def function(self, x):  # φ
+        raise NotImplementedError(f"{type(self).__name__} must define function")
+
+    def derivative(self, x):  # φ'
+        raise NotImplementedError(f"{type(self).__name__} must define derivative")
+
+    def forward(self, x):
+        check_array("x", x, kind="f", xp=self.xp)
+        self.save_for_backward(x=x)
+        return self.function(x)  # (...,) same shape as x
+
+    def backward(self, grad_output):
+        x = self.saved()["x"]
+        dy = self.check_grad_output(grad_output, x.shape)
+        return dy * self.derivative(x)  # dx = dy ⊙ φ'(x)
+
+
+class ReLU(Elementwise):
+    r"""ReLU(x) = max(x, 0);   ReLU'(x) = 1 if x > 0 else 0 (0 at the kink, as torch)."""
+
+    def function(self, x):
+        return array_namespace(x).maximum(x, 0)
+
+    def derivative(self, x):
+        return (x > 0).astype(x.dtype)
+
+
+class GELU(Elementwise):
+    r"""Gaussian error linear unit, exact or with the tanh approximation.
+
+    approximate="none":  GELU(x) = x Φ(x),  Φ(x) = ½(1 + erf(x/√2))
+                         GELU'(x) = Φ(x) + x φ(x),  φ(x) = exp(−x²/2)/√(2π)
+    approximate="tanh":  GELU(x) ≈ ½ x (1 + tanh u),  u = √(2/π)(x + 0.044715 x³)
+                         GELU'(x) = ½(1 + tanh u) + ½ x (1 − tanh² u) √(2/π)(1 + 3·0.044715 x²)
+    """
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        self.approximate = check_choice("approximate", approximate, {"none", "tanh"})
+
+    def function(self, x):
+        xp = array_namespace(x)
+        if self.approximate == "tanh":
+            u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+            return 0.5 * x * (1 + xp.tanh(u))
+        return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+    def derivative(self, x):
+        xp = array_namespace(x)
+        if self.approximate == "tanh":
+            c = math.sqrt(2 / math.pi)
+            t = xp.tanh(c * (x + 0.044715 * x**3))
+            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+        cdf = 0.5 * (1 + erf(x / math.sqrt(2)))  # Φ(x)
+        pdf = xp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # φ(x)
+        return cdf + x * pdf
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(Elementwise):
+    r"""SiLU(x) = x σ(x) (a.k.a. swish);   SiLU'(x) = σ(x)(1 + x(1 − σ(x)))."""
+
+    def function(self, x):
+        return x * _sigmoid(x)
+
+    def derivative(self, x):
+        s = _sigmoid(x)
+        return s * (1 + x * (1 - s))
+
+
+def _sigmoid(x):
+    """σ(x) = 1/(1 + e^−x), written so that no exp overflows."""
+    xp = array_namespace(x)
+    e = xp.exp(-xp.abs(x))  # in (0, 1]
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+#: activation name (FeedForward's ``activation``) -> module factory
+ACTIVATIONS = {
+    "relu": ReLU,
+    "gelu": GELU,
+    "gelu_tanh": lambda: GELU("tanh"),
+    "silu": SiLU,
+}

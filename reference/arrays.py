@@ -1,0 +1,87 @@
+"""Arrays: the bridge between the three backends' native array types.
+
+The reference computes with NumPy. Its layer code asks ``array_namespace(x)`` for the module
+that owns ``x`` (``numpy`` here, ``cupy`` when the CuPy backend runs the same code), so that
+one piece of math serves both. Writing ``xp.exp`` instead of ``np.exp`` is the only cost.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import numpy as np
+
+DEFAULT_DTYPE = np.float32
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def _is_torch_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _is_cupy_array(x) -> bool:
+    return type(x).__module__.startswith("cupy") and hasattr(x, "get")
+
+
+def array_namespace(*arrays) -> ModuleType:
+    """The array module (numpy or cupy) that owns the first array among ``arrays``."""
+    for x in arrays:
+        if _is_cupy_array(x):
+            import cupy
+
+            return cupy
+        if isinstance(x, np.ndarray):
+            return np
+    return np
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy copy (or view) of a NumPy, torch or CuPy array."""
+    if isinstance(x, np.ndarray):
+        return x
+    if _is_torch_tensor(x):
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
+            x = x.float()
+        return x.numpy()
+    if _is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def asarray(x, dtype=None) -> np.ndarray:
+    """A NumPy array from a NumPy, torch or CuPy array (or nested Python lists)."""
+    out = to_numpy(x)
+    return np.asarray(out, dtype=dtype) if dtype is not None else np.asarray(out)
+
+
+def resolve_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """Parse a parameter dtype: float32 or float64 (as a NumPy dtype or its name)."""
+    if dtype is None:
+        return np.dtype(DEFAULT_DTYPE)
+    try:
+        # torch dtypes (torch.float32) are accepted by name, so one config serves every backend
+        resolved = np.dtype(str(dtype).replace("torch.", "") if "torch" in str(dtype) else dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if resolved not in (np.dtype(d) for d in FLOAT_DTYPES):
+        raise TypeError(f"{name} must be float32 or float64, got {resolved}")
+    return resolved
+
+
+def erf(x):
+    """The error function, elementwise, exact to the dtype's precision.
+
+    NumPy has no erf; SciPy's (or CuPy's) is used when present, otherwise Python's math.erf.
+    """
+    xp = array_namespace(x)
+    if xp is not np:
+        import cupyx.scipy.special
+
+        return cupyx.scipy.special.erf(x)
+    try:
+        from scipy.special import erf as scipy_erf
+    except ImportError:  # NumPy alone: exact but slow, fine for the specification
+        return np.vectorize(math.erf, otypes=[x.dtype])(x)
+    return scipy_erf(x).astype(x.dtype, copy=False)

@@ -1,0 +1,149 @@
+"""Central-difference gradient checking, in float64, in vector-Jacobian form.
+
+For a module y = f(x; θ) and a fixed random cotangent g (same shape as y) the scalar
+
+    L(x, θ) = Σ g ⊙ f(x; θ)
+
+has gradient dL/dx = Jᵀ g, which is exactly what ``backward(g)`` claims to return. Each entry
+of every input and parameter is nudged by ±eps and compared with
+
+    dL/dx_i ≈ (L(x + eps·e_i) − L(x − eps·e_i)) / (2·eps)        (error O(eps²))
+
+The error of a tensor is  max|analytic − numeric| / max(max|analytic|, max|numeric|, 1e-3):
+relative to the tensor's largest entry, and judged absolutely (×1e3) for a gradient that is
+truly zero, where the relative error of rounding noise would be meaningless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .module import Module
+
+#: below this largest-entry magnitude a gradient is judged by absolute error
+ERROR_FLOOR = 1e-3
+
+
+@dataclass
+class GradientError:
+    name: str  # "input 0" or a parameter's dotted name
+    shape: tuple
+    checked: int  # how many entries were compared
+    max_abs_error: float
+    rel_error: float
+
+
+@dataclass
+class GradcheckReport:
+    rows: list = field(default_factory=list)
+
+    @property
+    def worst(self) -> float:
+        return max((r.rel_error for r in self.rows), default=0.0)
+
+    def table(self) -> str:
+        lines = [f"{'tensor':<40} {'shape':<18} {'checked':>7} {'max abs err':>12} {'rel err':>10}"]
+        for r in self.rows:
+            lines.append(
+                f"{r.name:<40} {str(r.shape):<18} {r.checked:>7} {r.max_abs_error:>12.2e} {r.rel_error:>10.2e}"
+            )
+        return "\n".join(lines)
+
+
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _vjp_difference(plus, minus, cotangents) -> float:
+    """L(x+) − L(x−) = Σ_k Σ g_k ⊙ (y_k⁺ − y_k⁻): differencing before summing avoids cancellation."""
+    return float(sum(np.sum((np.asarray(p, np.float64) - m) * g) for p, m, g in zip(plus, minus, cotangents)))
+
+
+def _entries(size: int, max_entries, rng) -> np.ndarray:
+    """Flat indices to check: all of them, or a random sample of max_entries."""
+    if max_entries is None or size <= max_entries:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=max_entries, replace=False))
+
+
+def _relative_error(analytic: np.ndarray, numeric: np.ndarray) -> tuple[float, float]:
+    abs_err = float(np.max(np.abs(analytic - numeric))) if analytic.size else 0.0
+    scale = max(float(np.max(np.abs(analytic), initial=0.0)), float(np.max(np.abs(numeric), initial=0.0)))
+    return abs_err, abs_err / max(scale, ERROR_FLOOR)
+
+
+def gradcheck(
+    module: Module,
+    inputs: Sequence,
+    kwargs: dict | None = None,
+    *,
+    eps: float = 1e-6,
+    seed: int = 0,
+    max_entries: int | None = None,
+    before_forward: Callable[[], None] | None = None,
+) -> GradcheckReport:
+    """Compare ``module.backward`` with central differences for every float input and parameter.
+
+    inputs: the positional inputs (float arrays are differentiated; integer arrays such as
+    token ids are passed through). kwargs: keyword inputs (masks, flags), never differentiated.
+    max_entries: check at most this many randomly chosen entries per tensor (None: all).
+    before_forward: called before every forward (e.g. to re-seed a dropout mask).
+    """
+    kwargs = dict(kwargs or {})
+    rng = np.random.default_rng(seed)
+    inputs = list(inputs)
+    reset = before_forward or (lambda: None)
+
+    def run():
+        reset()
+        return _as_tuple(module(*inputs, **kwargs))
+
+    outputs = run()
+    cotangents = [rng.standard_normal(np.shape(y)) for y in outputs]
+    cotangents_typed = [g.astype(y.dtype) for g, y in zip(cotangents, outputs)]
+    module.zero_grad()
+    grad_out = cotangents_typed[0] if len(outputs) == 1 else tuple(cotangents_typed)
+    input_grads = _as_tuple(module.backward(grad_out))
+
+    differentiable = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype.kind == "f"]
+    if len(input_grads) != len(inputs):
+        raise AssertionError(
+            f"backward returned {len(input_grads)} gradients for {len(inputs)} inputs"
+        )
+
+    targets = [(f"input {i}", inputs[i], input_grads[i]) for i in differentiable]
+    targets += [(name, p.data, p.grad) for name, p in module.named_parameters()]
+
+    report = GradcheckReport()
+    for name, array, analytic in targets:
+        if analytic is None:
+            analytic = np.zeros_like(array)
+        if analytic.shape != array.shape:
+            raise AssertionError(f"gradient of {name} has shape {analytic.shape}, expected {array.shape}")
+        flat = array.reshape(-1)  # a view: nudging it nudges the array the module reads
+        if not np.shares_memory(flat, array):
+            raise AssertionError(f"{name} is not contiguous; gradcheck needs to nudge it in place")
+        idx = _entries(flat.size, max_entries, rng)
+        numeric = np.empty(idx.size)
+        for j, i in enumerate(idx):
+            original = flat[i]
+            flat[i] = original + eps
+            plus = run()
+            flat[i] = original - eps
+            minus = run()
+            flat[i] = original
+            numeric[j] = _vjp_difference(plus, minus, cotangents) / (2 * eps)
+        abs_err, rel_err = _relative_error(np.asarray(analytic, np.float64).reshape(-1)[idx], numeric)
+        report.rows.append(GradientError(name, tuple(array.shape), int(idx.size), abs_err, rel_err))
+    return report
+
+
+def assert_gradcheck(module: Module, inputs: Sequence, kwargs: dict | None = None, *, tol: float = 1e-6, **options):
+    """Run :func:`gradcheck` and raise AssertionError (with the table) if any error exceeds tol."""
+    report = gradcheck(module, inputs, kwargs, **options)
+    if report.worst > tol:
+        raise AssertionError(f"gradient check failed (worst relative error {report.worst:.2e} > {tol:.0e}):\n{report.table()}")
+    return report

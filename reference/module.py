@@ -1,0 +1,241 @@
+"""The module protocol: Parameter and Module, shaped like torch.nn so PyTorch users feel at home.
+
+A module's ``forward`` computes its output and saves what ``backward`` needs;
+``backward(grad_output)`` returns the gradient of every array input of the last forward
+(a tuple when there are several) and adds each parameter's gradient into ``param.grad``.
+
+    y = m(x)                 # forward, saves x (and whatever else the backward needs)
+    dx = m.backward(dy)      # dy = dL/dy  ->  dx = dL/dx, and p.grad += dL/dp for every p
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from .arrays import resolve_dtype, to_numpy
+from .checks import describe
+
+
+class Parameter:
+    """A trainable array: ``data`` holds the value, ``grad`` the accumulated gradient (or None)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def accumulate_grad(self, grad) -> None:
+        """grad (same shape as data) is added to ``self.grad`` (gradients of several uses add up)."""
+        if grad.shape != self.data.shape:
+            raise ValueError(f"gradient must have shape {self.shape}, got {tuple(grad.shape)}")
+        if self.grad is None:
+            self.grad = grad.astype(self.data.dtype, copy=True)
+        else:
+            self.grad += grad
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+def child_seed(seed, name: str):
+    """A seed for the submodule ``name`` derived from the parent's seed (None stays None)."""
+    if seed is None:
+        return None
+    entropy = [int(seed) % 2**63, *name.encode()]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] % 2**63)
+
+
+def make_rng(seed) -> np.random.Generator:
+    """The generator that initializes parameters; seed=None draws fresh entropy."""
+    return np.random.default_rng(seed)
+
+
+class Module:
+    """Base class of every layer. Subclasses define ``forward`` and ``backward``.
+
+    Attributes that are Parameters or Modules are registered automatically, in assignment
+    order, which fixes the dotted names of ``named_parameters`` and ``state_dict``.
+    """
+
+    #: the array module parameters live in (numpy here; the CuPy backend sets cupy)
+    xp = np
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_saved", None)
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    # ---- forward / backward --------------------------------------------------------------
+
+    def __call__(self, *inputs, **kwargs):
+        return self.forward(*inputs, **kwargs)
+
+    def save_for_backward(self, **values) -> None:
+        """Keep what ``backward`` needs; a new forward replaces it."""
+        object.__setattr__(self, "_saved", values)
+
+    def saved(self) -> dict:
+        """What the last forward saved; raises if forward has not run."""
+        if self._saved is None:
+            raise ValueError(
+                f"{type(self).__name__}.backward() was called before forward(): "
+                "expected a forward pass first, got none"
+            )
+        return self._saved
+
+    def check_grad_output(self, grad_output, shape, name: str = "grad_output"):
+        """grad_output must be an array of the forward output's shape."""
+        xp = self.xp
+        if not isinstance(grad_output, xp.ndarray):
+            raise TypeError(f"{name} must be a {xp.__name__}.ndarray, got {describe(grad_output)}")
+        if tuple(grad_output.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)} (the output's), got {tuple(grad_output.shape)}")
+        if grad_output.dtype.kind != "f":
+            raise TypeError(f"{name} must have a floating dtype, got {grad_output.dtype}")
+        return grad_output
+
+    # ---- parameters ----------------------------------------------------------------------
+
+    def new_parameter(self, value: np.ndarray, dtype) -> Parameter:
+        """A Parameter holding ``value`` (made by NumPy, so seeds agree on every backend)."""
+        return Parameter(self.xp.asarray(np.asarray(value, dtype=resolve_dtype(dtype))))
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator["Module"]:
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self) -> Iterator["Module"]:
+        yield from self._modules.values()
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for module_name, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                yield (f"{module_name}.{name}" if module_name else name), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # ---- state dict ----------------------------------------------------------------------
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Dotted parameter name -> array (the live arrays, as torch does)."""
+        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays (NumPy, torch or CuPy) into the parameters, after checking all of them.
+
+        Missing or unexpected keys raise ValueError when ``strict``; a shape mismatch always
+        does. Nothing is changed unless every check passes.
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"state_dict must be a mapping of name -> array, got {describe(state_dict)}")
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state_dict does not match {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
+        staged = {}
+        for name, p in params.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if not hasattr(value, "shape"):
+                raise TypeError(f"state_dict[{name!r}] must be an array, got {describe(value)}")
+            if tuple(value.shape) != p.shape:
+                raise ValueError(f"state_dict[{name!r}] must have shape {p.shape}, got {tuple(value.shape)}")
+            staged[name] = self.xp.asarray(to_numpy(value), dtype=p.dtype)
+        for name, value in staged.items():
+            params[name].data = value.copy()
+        return IncompatibleKeys(missing, unexpected)
+
+    # ---- printing ------------------------------------------------------------------------
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_lines = repr(child).splitlines()
+            lines.append(f"  ({name}): " + child_lines[0])
+            lines.extend("  " + line for line in child_lines[1:])
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+class ModuleList(Module):
+    """A list of modules registered under the names "0", "1", ... (as torch.nn.ModuleList)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module: Module) -> "ModuleList":
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
