@@ -1,0 +1,168 @@
+"""The decoder: masked self-attention, cross-attention to the encoder's memory, feed-forward."""
+
+from __future__ import annotations
+
+from .checks import check_array, check_positive_int, check_size
+from .dropout import Dropout
+from .feed_forward import FeedForward
+from .module import Module, ModuleList, child_seed
+from .multi_head_attention import MultiHeadAttention
+from .residual import make_norm, residual_backward, residual_forward
+from .stack_input import EmbeddedStack
+
+
+class DecoderLayer(Module):
+    r"""Self-attention, cross-attention over ``memory``, feed-forward; each a residual sub-layer.
+
+    post-norm (norm_first=False, the paper):
+        h₁ = Norm₁(x + Dropout(SelfAttn(x)))
+        h₂ = Norm₂(h₁ + Dropout(CrossAttn(h₁, memory)))
+        y  = Norm₃(h₂ + Dropout(FFN(h₂)))
+    pre-norm (norm_first=True): h₁ = x + Dropout(SelfAttn(Norm₁(x))), and so on.
+    Backward: dy → dh₂ → dh₁ → dx in reverse; d memory comes from the cross-attention alone.
+
+    Submodules: self_attn, cross_attn, feed_forward, norm1, norm2, norm3, dropout1..3.
+    Rotary positions (rotary=True) apply to the self-attention only.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        num_kv_heads=None,
+        norm: str = "layernorm",
+        rotary: bool = False,
+        window=None,
+        block_size=None,
+        *,
+        seed=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.d_model = check_positive_int("d_model", d_model)
+        self.norm_first = bool(norm_first)
+        self.self_attn = MultiHeadAttention(
+            d_model, num_heads, dropout, bias, num_kv_heads, rotary, window=window, block_size=block_size,
+            seed=child_seed(seed, "self_attn"), dtype=dtype,
+        )
+        self.cross_attn = MultiHeadAttention(
+            d_model, num_heads, dropout, bias, num_kv_heads, seed=child_seed(seed, "cross_attn"), dtype=dtype
+        )
+        self.feed_forward = FeedForward(
+            d_model, d_ff, dropout, activation, bias, seed=child_seed(seed, "feed_forward"), dtype=dtype
+        )
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps, bias, dtype)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps, bias, dtype)
+        self.norm3 = make_norm(norm, d_model, layer_norm_eps, bias, dtype)
+        self.dropout1 = Dropout(dropout, seed=child_seed(seed, "dropout1"))
+        self.dropout2 = Dropout(dropout, seed=child_seed(seed, "dropout2"))
+        self.dropout3 = Dropout(dropout, seed=child_seed(seed, "dropout3"))
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal: bool = False):
+        check_array("tgt", tgt, ndim=3, kind="f", xp=self.xp)
+        check_size("tgt", tgt, -1, self.d_model, "d_model")
+        check_array("memory", memory, ndim=3, kind="f", xp=self.xp)
+        check_size("memory", memory, -1, self.d_model, "d_model")
+        if memory.shape[0] != tgt.shape[0]:
+            raise ValueError(f"memory must have batch size {tgt.shape[0]} (tgt's), got shape {tuple(memory.shape)}")
+
+        def self_attention(h):  # (B, T, d) -> (B, T, d)
+            return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+                                  is_causal=tgt_is_causal)
+
+        def cross_attention(h):  # (B, T, d), memory (B, S, d) -> (B, T, d)
+            return self.cross_attn(h, memory, attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask)
+
+        h1 = residual_forward(tgt, self.norm_first, self.norm1, self_attention, self.dropout1)  # (B, T, d)
+        h2 = residual_forward(h1, self.norm_first, self.norm2, cross_attention, self.dropout2)  # (B, T, d)
+        y = residual_forward(h2, self.norm_first, self.norm3, self.feed_forward, self.dropout3)  # (B, T, d)
+        self.save_for_backward(shape=tgt.shape)
+        return y
+
+    def backward(self, grad_output):
+        dy = self.check_grad_output(grad_output, self.saved()["shape"])  # (B, T, d)
+        d_memory = []
+
+        def cross_attention_backward(d_out):  # keeps d memory, passes d query on
+            d_query, d_mem = self.cross_attn.backward(d_out)
+            d_memory.append(d_mem)  # (B, S, d)
+            return d_query  # (B, T, d)
+
+        dh2 = residual_backward(dy, self.norm_first, self.norm3, self.feed_forward.backward, self.dropout3)
+        dh1 = residual_backward(dh2, self.norm_first, self.norm2, cross_attention_backward, self.dropout2)
+        dx = residual_backward(dh1, self.norm_first, self.norm1, self.self_attn.backward, self.dropout1)
+        return dx, d_memory[0]
+
+
+class Decoder(EmbeddedStack):
+    r"""Embedding (optional) → positions → dropout → N decoder layers → final norm (optional).
+
+    tgt is token ids (B, T) (needs vocab_size) or embeddings (B, T, d_model); memory is the
+    encoder output (B, S, d_model). Backward returns (d tgt or None for ids, d memory), where
+    d memory sums the cross-attention gradients of every layer.
+
+    Submodules: embedding, positional (learned only), dropout, layers.i, norm (as Encoder).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        num_layers: int = 6,
+        dropout: float = 0.1,
+        activation: str = "relu",
+        norm_first: bool = False,
+        layer_norm_eps: float = 1e-5,
+        bias: bool = True,
+        num_kv_heads=None,
+        norm: str = "layernorm",
+        rotary: bool = False,
+        window=None,
+        block_size=None,
+        final_norm: bool = False,
+        vocab_size=None,
+        max_len: int = 5000,
+        positional="sinusoidal",
+        scale_embedding: bool = True,
+        padding_idx=None,
+        *,
+        seed=None,
+        dtype=None,
+    ):
+        super().__init__()
+        check_positive_int("num_layers", num_layers)
+        self.build_input(d_model, dropout, vocab_size, max_len, positional, scale_embedding, padding_idx,
+                         seed=seed, dtype=dtype)
+        self.layers = ModuleList(
+            DecoderLayer(
+                d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps, bias, num_kv_heads,
+                norm, rotary, window, block_size, seed=child_seed(seed, f"layers.{i}"), dtype=dtype,
+            )
+            for i in range(num_layers)
+        )
+        self.norm = make_norm(norm, d_model, layer_norm_eps, bias, dtype) if final_norm else None
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal: bool = False):
+        x = self.embed(tgt, "tgt")  # (B, T, d)
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                      tgt_is_causal)  # (B, T, d)
+        return self.norm(x) if self.norm is not None else x  # (B, T, d)
+
+    def backward(self, grad_output):
+        self.saved()
+        dx = self.norm.backward(grad_output) if self.norm is not None else grad_output  # (B, T, d)
+        d_memory = 0
+        for layer in reversed(list(self.layers)):
+            dx, d_mem = layer.backward(dx)  # (B, T, d), (B, S, d)
+            d_memory = d_memory + d_mem  # memory feeds every layer: its gradients add
+        return self.embed_backward(dx), d_memory

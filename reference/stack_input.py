@@ -1,0 +1,67 @@
+"""The input end of an encoder or decoder stack: token embedding, positions, dropout."""
+
+from __future__ import annotations
+
+from .arrays import resolve_dtype
+from .checks import check_array, check_choice, check_positive_int, check_size
+from .dropout import Dropout
+from .embedding import Embedding
+from .module import Module, child_seed
+from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+
+POSITIONALS = {"sinusoidal", "learned", None}
+
+
+class EmbeddedStack(Module):
+    r"""Base of Encoder and Decoder: turns ids or embeddings into the first layer's input.
+
+    Forward:   x = Dropout(P + (E[ids]·√d  or  given embeddings))     (B, N, d)
+    Backward:  d embeddings = Dropout'ᵀ dx (a sinusoidal table is constant; a learned table
+               gets Σ_batch of it); token ids get none, E.grad gets it scattered by id.
+    """
+
+    def build_input(self, d_model, dropout, vocab_size, max_len, positional, scale_embedding, padding_idx,
+                    *, seed, dtype):
+        self.d_model = check_positive_int("d_model", d_model)
+        self.dtype = resolve_dtype(dtype)
+        check_choice("positional", positional, POSITIONALS)
+        self.embedding = None
+        if vocab_size is not None:
+            self.embedding = Embedding(vocab_size, d_model, padding_idx, scale_embedding,
+                                       seed=child_seed(seed, "embedding"), dtype=dtype)
+        self.positional = None
+        if positional == "sinusoidal":
+            self.positional = SinusoidalPositionalEncoding(d_model, max_len)
+        elif positional == "learned":
+            self.positional = LearnedPositionalEmbedding(d_model, max_len, seed=child_seed(seed, "positional"),
+                                                         dtype=dtype)
+        self.dropout = Dropout(dropout, seed=child_seed(seed, "dropout"))
+
+    def embed(self, tokens_or_embeddings, name: str):
+        x = tokens_or_embeddings
+        from_ids = hasattr(x, "dtype") and x.dtype.kind in "iu"
+        if from_ids:
+            if self.embedding is None:
+                raise TypeError(
+                    f"{name} must be float embeddings of shape (batch, seq, {self.d_model}) because this "
+                    f"stack has no vocabulary (vocab_size=None), got integer token ids of shape {tuple(x.shape)}"
+                )
+            check_array(name, x, ndim=2, xp=self.xp)
+            x = self.embedding(x)  # (B, N, d)
+        else:
+            check_array(name, x, ndim=3, dtype=self.dtype, xp=self.xp)
+            check_size(name, x, -1, self.d_model, "d_model")
+        if self.positional is not None:
+            x = self.positional(x)  # (B, N, d)  x + P[:N]
+        self.save_for_backward(from_ids=from_ids)
+        return self.dropout(x)  # (B, N, d)
+
+    def embed_backward(self, dx):
+        from_ids = self.saved()["from_ids"]
+        dx = self.dropout.backward(dx)  # (B, N, d)
+        if self.positional is not None:
+            dx = self.positional.backward(dx)  # ← x + P
+        if from_ids:
+            self.embedding.backward(dx)  # ← E[ids]: into embedding.weight.grad
+            return None
+        return dx
