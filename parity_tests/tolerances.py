@@ -34,10 +34,22 @@ def relative_error(actual, expected) -> float:
     return float(np.max(np.abs(actual - expected))) / scale
 
 
+def dtype_key(dtype):
+    """The table key of a dtype: a NumPy dtype, or the name "bfloat16" (NumPy has none).
+
+    Accepts NumPy dtypes, their names, and torch dtypes (torch.float32 -> float32).
+    """
+    name = str(dtype).replace("torch.", "")
+    if name == "bfloat16":
+        return name
+    return np.dtype(name if "torch." in str(dtype) else dtype)
+
+
 def assert_close(actual, expected, dtype, what: str, table=FORWARD_TOL) -> float:
     """Assert agreement within the tolerance for ``dtype``; returns the error."""
-    tol = table[np.dtype(dtype)]
+    key = dtype_key(dtype)
+    tol = table[key]
     err = relative_error(actual, expected)
     if not err <= tol:
-        raise AssertionError(f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype)})")
+        raise AssertionError(f"{what}: relative error {err:.3e} > {tol:.0e} ({key})")
     return err

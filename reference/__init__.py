@@ -1,12 +1,36 @@
-"""Rosetta Transformer, reference backend: every layer in NumPy with a hand-derived backward."""
+"""Rosetta Transformer, reference backend: every layer in NumPy with a hand-derived backward.
+
+    import reference as rt          # the same code runs with accelerated.torch / accelerated.cupy
+"""
 
 from .activations import GELU, ReLU, SiLU
 from .arrays import asarray, to_numpy
+from .attention import ScaledDotProductAttention, scaled_dot_product_attention
+from .decoder import Decoder, DecoderLayer
+from .dropout import Dropout
+from .embedding import Embedding
+from .encoder import Encoder, EncoderLayer
+from .feed_forward import FeedForward
 from .gradcheck import assert_gradcheck, gradcheck
+from .latent_attention import LatentAttention
+from .layer_norm import LayerNorm
 from .linear import Linear
+from .masks import block_local_mask, causal_mask, padding_mask, sliding_window_mask
 from .module import Module, ModuleList, Parameter
+from .multi_head_attention import MultiHeadAttention
+from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .rms_norm import RMSNorm
+from .rotary import RotaryEmbedding
 
 __all__ = [
-    "GELU", "Linear", "Module", "ModuleList", "Parameter", "ReLU", "SiLU",
-    "asarray", "assert_gradcheck", "gradcheck", "to_numpy",
+    # layers
+    "Linear", "Embedding", "Dropout", "ReLU", "GELU", "SiLU", "LayerNorm", "RMSNorm",
+    "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding", "RotaryEmbedding", "FeedForward",
+    "scaled_dot_product_attention", "ScaledDotProductAttention", "MultiHeadAttention", "LatentAttention",
+    "causal_mask", "padding_mask", "sliding_window_mask", "block_local_mask",
+    "EncoderLayer", "DecoderLayer", "Encoder", "Decoder",
+    # the module protocol and arrays
+    "Module", "ModuleList", "Parameter", "asarray", "to_numpy",
+    # gradient checking
+    "gradcheck", "assert_gradcheck",
 ]

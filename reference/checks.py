@@ -70,7 +70,7 @@ def check_probability(name: str, value) -> float:
 
 def check_choice(name: str, value, choices) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {sorted(choices, key=repr)}, got {value!r}")
     return value
 
 

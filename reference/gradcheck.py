@@ -11,12 +11,13 @@ of every input and parameter is nudged by ±eps and compared with
 
 The error of a tensor t is
 
-    err_t = max|a_t − n_t| / max(max|a_t|, max|n_t|, 0.1·S)     (a: analytic, n: numeric)
+    err_t = max|a_t − n_t| / max(max|a_t|, max|n_t|, 0.1·S, 1e-3)     (a: analytic, n: numeric)
 
 relative to the tensor's largest entry, where S is the largest gradient entry of the whole
 check: a gradient that is truly zero (a key bias under softmax, a masked row) is judged
-against a tenth of the module's gradient scale, since a relative error of pure rounding noise
-would be meaningless. A real mistake of any size above 1e-6·S still shows.
+against a tenth of the module's gradient scale, and a module whose whole gradient is tiny
+(GELU far in its left tail) against 1e-3, since a relative error of pure rounding noise
+(≈ 1e-10 absolute) would be meaningless. A real mistake above 1e-6·max(S, 1e-3) still shows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from .module import Module
 
 #: a tensor's error is never measured against less than this fraction of the largest gradient
 RELATIVE_FLOOR = 0.1
+#: ... nor against less than this absolute gradient size
+ABSOLUTE_FLOOR = 1e-3
 
 
 @dataclass
@@ -80,7 +83,7 @@ def _largest(a: np.ndarray) -> float:
 
 def _relative_error(analytic: np.ndarray, numeric: np.ndarray, floor: float) -> tuple[float, float]:
     abs_err = float(np.max(np.abs(analytic - numeric))) if analytic.size else 0.0
-    scale = max(_largest(analytic), _largest(numeric), floor, 1e-300)
+    scale = max(_largest(analytic), _largest(numeric), floor, ABSOLUTE_FLOOR)
     return abs_err, abs_err / scale
 
 

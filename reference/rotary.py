@@ -62,8 +62,7 @@ class RotaryEmbedding(Module):
         return cos, sin
 
     def forward(self, query, key, offset: int = 0):
-        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+        offset = check_positive_int("offset", offset, minimum=0)
         q_cos, q_sin = self._tables("query", query, offset)
         k_cos, k_sin = self._tables("key", key, offset)
         self.save_for_backward(q=(query.shape, q_cos, q_sin), k=(key.shape, k_cos, k_sin))

@@ -1,0 +1,85 @@
+"""Embedding: a lookup table from token ids to vectors, optionally scaled by √d."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .arrays import array_namespace, resolve_dtype
+from .checks import check_positive_int, check_token_ids, describe
+from .module import Module, make_rng
+
+
+class Embedding(Module):
+    r"""y = s · W[ids]: row ids[...] of the table W, times s = √embedding_dim when ``scale``.
+
+    Forward:   y[..., :] = s · W[ids[...], :]      ids: (...)  W: (V, D)  y: (..., D)
+    Backward:  dW[v, :] = s · Σ_{positions p with ids[p] = v} dy[p, :]     (a scatter-add)
+               dW[padding_idx, :] = 0              (the padding row never learns)
+               ids are integers: no gradient (backward returns None)
+
+    s = 1, or √D with ``scale=True`` (the paper multiplies its embeddings by √d_model).
+    Initialization as torch: W ~ N(0, 1), with the padding_idx row set to zero.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        scale: bool = False,
+        *,
+        seed=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
+        self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+                raise TypeError(f"padding_idx must be an int or None, got {describe(padding_idx)}")
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}) (the vocabulary), "
+                    f"got {padding_idx}"
+                )
+            padding_idx = int(padding_idx) % num_embeddings  # a negative index counts from the end, as torch
+        self.padding_idx = padding_idx
+        if not isinstance(scale, (bool, np.bool_)):
+            raise TypeError(f"scale must be a bool, got {describe(scale)}")
+        self.scale = bool(scale)
+        self.multiplier = math.sqrt(embedding_dim) if self.scale else 1.0  # s
+        self.dtype = resolve_dtype(dtype)
+        table = make_rng(seed).standard_normal((num_embeddings, embedding_dim))  # (V, D)
+        if padding_idx is not None:
+            table[padding_idx] = 0.0
+        self.weight = self.new_parameter(table, self.dtype)
+
+    def forward(self, ids):
+        check_token_ids("ids", ids, self.num_embeddings, xp=self.xp)
+        y = self.weight.data[ids]  # (..., D)
+        if self.scale:
+            y = y * self.multiplier  # (..., D)
+        self.save_for_backward(ids=ids)
+        return y
+
+    def backward(self, grad_output):
+        ids = self.saved()["ids"]  # (...)
+        dy = self.check_grad_output(grad_output, ids.shape + (self.embedding_dim,))  # (..., D)
+        xp = array_namespace(dy)
+        dy_rows = dy.reshape(-1, self.embedding_dim)  # (rows, D)
+        if self.scale:
+            dy_rows = dy_rows * self.multiplier  # (rows, D)  ← from y = s · W[ids]
+        grad_weight = xp.zeros((self.num_embeddings, self.embedding_dim), dtype=dy.dtype)  # (V, D)
+        xp.add.at(grad_weight, ids.reshape(-1), dy_rows)  # (V, D)  ← from y = W[ids]: repeated ids add up
+        if self.padding_idx is not None:
+            grad_weight[self.padding_idx] = 0  # (D,)  the padding row gets no gradient
+        self.weight.accumulate_grad(grad_weight)
+        return None  # token ids are integers: they have no gradient
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
+            f"padding_idx={self.padding_idx}, scale={self.scale}"
+        )
