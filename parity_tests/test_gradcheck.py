@@ -55,3 +55,11 @@ def test_sampling_checks_the_requested_number_of_entries():
     x = np.random.default_rng(0).standard_normal((10, 10))
     report = gradcheck(Cube(), [x], max_entries=7)
     assert report.rows[0].checked == 7
+
+
+def test_aliased_inputs_are_refused():
+    from reference.multi_head_attention import MultiHeadAttention
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 4))
+    with pytest.raises(ValueError, match="inputs 1 and 2 share memory"):
+        gradcheck(MultiHeadAttention(4, 2, dtype=np.float64), [x, x[:, :2], x[:, :2]])

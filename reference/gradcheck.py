@@ -126,6 +126,10 @@ def gradcheck(
             f"backward returned {len(input_grads)} gradients for {len(inputs)} inputs"
         )
 
+    for a in differentiable:
+        for b in differentiable:
+            if a < b and np.shares_memory(inputs[a], inputs[b]):
+                raise ValueError(f"inputs {a} and {b} share memory; nudging one would nudge both: pass copies")
     targets = [(f"input {i}", inputs[i], input_grads[i]) for i in differentiable]
     targets += [(name, p.data, p.grad) for name, p in module.named_parameters()]
 

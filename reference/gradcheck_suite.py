@@ -78,7 +78,7 @@ def _cases():
                (_x(B, 4, N, 4), k, v), {"enable_gqa": True})
     yield Case("MultiHeadAttention (self, causal, padding)", MultiHeadAttention(d, h, seed=0, dtype=F64), (seq,),
                {"is_causal": True, "key_padding_mask": pad})
-    yield Case("MultiHeadAttention (cross)", MultiHeadAttention(d, h, seed=0, dtype=F64), (seq, mem, mem), {})
+    yield Case("MultiHeadAttention (cross)", MultiHeadAttention(d, h, seed=0, dtype=F64), (seq, mem, _x(B, S, d, seed=2)), {})
     yield Case("MultiHeadAttention (grouped kv, rotary)",
                MultiHeadAttention(d, 4, num_kv_heads=2, rotary=True, seed=0, dtype=F64), (seq,), {"is_causal": True})
     yield Case("MultiHeadAttention (sliding window)", MultiHeadAttention(d, h, window=2, seed=0, dtype=F64), (seq,),
