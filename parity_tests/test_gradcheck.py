@@ -62,4 +62,4 @@ def test_aliased_inputs_are_refused():
 
     x = np.random.default_rng(0).standard_normal((1, 3, 4))
     with pytest.raises(ValueError, match="inputs 1 and 2 share memory"):
-        gradcheck(MultiHeadAttention(4, 2, dtype=np.float64), [x, x[:, :2], x[:, :2]])
+        gradcheck(MultiHeadAttention(4, 2, dtype=np.float64), [x.copy(), x, x])
