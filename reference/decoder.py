@@ -5,7 +5,7 @@ from __future__ import annotations
 from .checks import check_array, check_positive_int, check_size
 from .dropout import Dropout
 from .feed_forward import FeedForward
-from .module import Module, ModuleList, child_seed
+from .module import Module, child_seed
 from .multi_head_attention import MultiHeadAttention
 from .residual import make_norm, residual_backward, residual_forward
 from .stack_input import EmbeddedStack
@@ -138,17 +138,9 @@ class Decoder(EmbeddedStack):
         dtype=None,
     ):
         super().__init__()
-        check_positive_int("num_layers", num_layers)
-        self.build_input(d_model, dropout, vocab_size, max_len, positional, scale_embedding, padding_idx,
-                         seed=seed, dtype=dtype)
-        self.layers = ModuleList(
-            DecoderLayer(
-                d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps, bias, num_kv_heads,
-                norm, rotary, window, block_size, seed=child_seed(seed, f"layers.{i}"), dtype=dtype,
-            )
-            for i in range(num_layers)
-        )
-        self.norm = make_norm(norm, d_model, layer_norm_eps, bias, dtype) if final_norm else None
+        self.build_stack(DecoderLayer, d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first,
+                         layer_norm_eps, bias, num_kv_heads, norm, rotary, window, block_size, final_norm,
+                         vocab_size, max_len, positional, scale_embedding, padding_idx, seed=seed, dtype=dtype)
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False):

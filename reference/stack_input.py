@@ -6,8 +6,9 @@ from .arrays import resolve_dtype
 from .checks import check_array, check_choice, check_positive_int, check_size
 from .dropout import Dropout
 from .embedding import Embedding
-from .module import Module, child_seed
+from .module import Module, ModuleList, child_seed
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .residual import make_norm
 
 POSITIONALS = {"sinusoidal", "learned", None}
 
@@ -19,6 +20,22 @@ class EmbeddedStack(Module):
     Backward:  d embeddings = Dropout'ᵀ dx (a sinusoidal table is constant; a learned table
                gets Σ_batch of it); token ids get none, E.grad gets it scattered by id.
     """
+
+    def build_stack(self, layer_class, d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first,
+                    layer_norm_eps, bias, num_kv_heads, norm, rotary, window, block_size, final_norm, vocab_size,
+                    max_len, positional, scale_embedding, padding_idx, *, seed, dtype):
+        """Input end, ``num_layers`` layers of ``layer_class`` and the optional final norm."""
+        check_positive_int("num_layers", num_layers)
+        self.build_input(d_model, dropout, vocab_size, max_len, positional, scale_embedding, padding_idx,
+                         seed=seed, dtype=dtype)
+        self.layers = ModuleList(
+            layer_class(
+                d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps, bias, num_kv_heads,
+                norm, rotary, window, block_size, seed=child_seed(seed, f"layers.{i}"), dtype=dtype,
+            )
+            for i in range(num_layers)
+        )
+        self.norm = make_norm(norm, d_model, layer_norm_eps, bias, dtype) if final_norm else None
 
     def build_input(self, d_model, dropout, vocab_size, max_len, positional, scale_embedding, padding_idx,
                     *, seed, dtype):
