@@ -113,3 +113,10 @@ def test_repr_shows_the_tree():
     text = repr(TwoLayers())
     assert "(first): Linear(in_features=3, out_features=4, bias=True)" in text
     assert "(0): Linear(in_features=4, out_features=4, bias=False)" in text
+
+
+def test_a_tied_parameter_is_listed_once():
+    m = TwoLayers(seed=0)
+    m.blocks[1].weight = m.blocks[0].weight  # tie the two blocks
+    names = [name for name, _ in m.named_parameters()]
+    assert names.count("blocks.0.weight") == 1 and "blocks.1.weight" not in names

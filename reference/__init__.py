@@ -15,9 +15,11 @@ from .gradcheck import assert_gradcheck, gradcheck
 from .latent_attention import LatentAttention
 from .layer_norm import LayerNorm
 from .linear import Linear
+from .loss import CrossEntropyLoss
 from .masks import block_local_mask, causal_mask, padding_mask, sliding_window_mask
 from .module import Module, ModuleList, Parameter
 from .multi_head_attention import MultiHeadAttention
+from .optim import SGD, AdamW, WarmupCosine, WarmupInverseSqrt, clip_grad_norm_
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
@@ -29,6 +31,8 @@ __all__ = [
     "scaled_dot_product_attention", "ScaledDotProductAttention", "MultiHeadAttention", "LatentAttention",
     "causal_mask", "padding_mask", "sliding_window_mask", "block_local_mask",
     "EncoderLayer", "DecoderLayer", "Encoder", "Decoder",
+    # training
+    "CrossEntropyLoss", "SGD", "AdamW", "WarmupInverseSqrt", "WarmupCosine", "clip_grad_norm_",
     # the module protocol and arrays
     "Module", "ModuleList", "Parameter", "asarray", "to_numpy",
     # gradient checking
