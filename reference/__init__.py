@@ -10,8 +10,10 @@ from .decoder import Decoder, DecoderLayer
 from .dropout import Dropout
 from .embedding import Embedding
 from .encoder import Encoder, EncoderLayer
+from .encoder_model import EncoderModel
 from .feed_forward import FeedForward
 from .gradcheck import assert_gradcheck, gradcheck
+from .language_model import DecoderLM
 from .latent_attention import LatentAttention
 from .layer_norm import LayerNorm
 from .linear import Linear
@@ -23,6 +25,7 @@ from .optim import SGD, AdamW, WarmupCosine, WarmupInverseSqrt, clip_grad_norm_
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
+from .transformer import Transformer
 
 __all__ = [
     # layers
@@ -31,6 +34,8 @@ __all__ = [
     "scaled_dot_product_attention", "ScaledDotProductAttention", "MultiHeadAttention", "LatentAttention",
     "causal_mask", "padding_mask", "sliding_window_mask", "block_local_mask",
     "EncoderLayer", "DecoderLayer", "Encoder", "Decoder",
+    # models
+    "Transformer", "EncoderModel", "DecoderLM",
     # training
     "CrossEntropyLoss", "SGD", "AdamW", "WarmupInverseSqrt", "WarmupCosine", "clip_grad_norm_",
     # the module protocol and arrays

@@ -6,14 +6,14 @@ from .arrays import resolve_dtype
 from .checks import check_positive_int
 from .encoder import Encoder
 from .linear import Linear
-from .module import child_seed
-from .transformer import SharesParameters, check_flag, check_padding_mask, check_token_input
+from .module import Module, child_seed
+from .transformer import check_flag, check_padding_mask, check_token_input
 
 #: token tables start as N(0, 0.02²), as GPT-2 and Llama initialize them
 EMBEDDING_STD = 0.02
 
 
-class DecoderLM(SharesParameters):
+class DecoderLM(Module):
     r"""A stack of causal self-attention layers that predicts the next token at every position.
 
     ids (B, N) token ids; E the token table (V, d); P the learned positions (if any).
@@ -79,7 +79,7 @@ class DecoderLM(SharesParameters):
 
     @classmethod
     def gpt(cls, vocab_size: int, d_model: int = 768, num_heads: int = 12, d_ff=None, num_layers: int = 12,
-            dropout: float = 0.1, max_len: int = 1024, *, seed=None, dtype=None) -> "DecoderLM":
+            dropout: float = 0.1, max_len: int = 1024, *, seed=None, dtype=None) -> DecoderLM:
         """GPT-2 (the defaults are GPT-2 small): pre-norm LayerNorm, GELU (tanh form), learned
         positions, biases, tied head; d_ff defaults to 4·d_model."""
         d_ff = 4 * d_model if d_ff is None else d_ff
@@ -89,7 +89,7 @@ class DecoderLM(SharesParameters):
 
     @classmethod
     def llama(cls, vocab_size: int, d_model: int, num_heads: int, d_ff: int, num_layers: int, num_kv_heads=None,
-              max_len: int = 2048, *, seed=None, dtype=None) -> "DecoderLM":
+              max_len: int = 2048, *, seed=None, dtype=None) -> DecoderLM:
         """Llama: pre-norm RMSNorm (ε = 1e-6), SwiGLU feed-forward (d_ff is its hidden size), RoPE
         instead of absolute positions, grouped kv heads, no biases, untied head, no dropout."""
         return cls(vocab_size, d_model, num_heads, d_ff, num_layers, dropout=0.0, activation="swiglu",

@@ -40,29 +40,7 @@ def check_flag(name: str, value) -> bool:
     return bool(value)
 
 
-class SharesParameters(Module):
-    r"""A model in which one Parameter may serve several submodules (tied embeddings).
-
-    Tying is plain assignment, as in torch: ``self.head.weight = self.stack.embedding.weight``
-    makes both submodules hold the same Parameter object. Each use then runs its own forward
-    and backward, and each backward calls ``accumulate_grad`` on that one object, so
-
-        ∂L/∂E = Σ_uses ∂L/∂E|_use        (the gradients of every use add up)
-
-    ``named_parameters`` (hence ``parameters``, ``state_dict``, ``load_state_dict``,
-    ``zero_grad`` and ``num_parameters``) lists a shared Parameter once, under the first name
-    met in registration order, as torch.nn.Module.named_parameters does.
-    """
-
-    def named_parameters(self, prefix: str = ""):
-        seen = set()
-        for name, p in super().named_parameters(prefix):
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield name, p
-
-
-class Transformer(SharesParameters):
+class Transformer(Module):
     r"""Encoder-decoder Transformer; the defaults are the paper's base model.
 
     src (B, S) and tgt (B, T) are token ids; E_s, E_t are the embedding tables, PE the sinusoids.
@@ -76,6 +54,9 @@ class Transformer(SharesParameters):
                dm → Encoder.backward → E_s.grad;      ids get no gradient: returns (None, None)
     Tied (tie_embeddings=True): E_s = E_t = W_g = E, one Parameter, and
                dE = √d·scatter(d x₀) + √d·scatter(d y₀) + dlogitsᵀ h     (three uses, three terms)
+    Tying is plain assignment, as in torch (``self.generator.weight = self.encoder.embedding.weight``):
+    each use runs its own backward and calls ``accumulate_grad`` on the one shared Parameter, so the
+    three terms add up by themselves; ``named_parameters`` (hence ``state_dict``) lists it once.
 
     Post-norm layers and a final norm on both stacks, as torch.nn.Transformer. Token tables
     start as N(0, 1/d), so E[ids]·√d has unit variance like the sinusoids (and a tied output
