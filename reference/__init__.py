@@ -7,12 +7,14 @@ from .activations import GELU, ReLU, SiLU
 from .arrays import asarray, to_numpy
 from .attention import ScaledDotProductAttention, scaled_dot_product_attention
 from .decoder import Decoder, DecoderLayer
+from .decoding import beam_search, generate, greedy_decode
 from .dropout import Dropout
 from .embedding import Embedding
 from .encoder import Encoder, EncoderLayer
 from .encoder_model import EncoderModel
 from .feed_forward import FeedForward
 from .gradcheck import assert_gradcheck, gradcheck
+from .kv_cache import KVCache
 from .language_model import DecoderLM
 from .latent_attention import LatentAttention
 from .layer_norm import LayerNorm
@@ -36,6 +38,8 @@ __all__ = [
     "EncoderLayer", "DecoderLayer", "Encoder", "Decoder",
     # models
     "Transformer", "EncoderModel", "DecoderLM",
+    # decoding
+    "KVCache", "greedy_decode", "beam_search", "generate",
     # training
     "CrossEntropyLoss", "SGD", "AdamW", "WarmupInverseSqrt", "WarmupCosine", "clip_grad_norm_",
     # the module protocol and arrays

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .checks import check_array, check_positive_int, check_size
 from .dropout import Dropout
 from .feed_forward import FeedForward
+from .kv_cache import check_cache
 from .module import Module, child_seed
 from .multi_head_attention import MultiHeadAttention
 from .residual import make_norm, residual_backward, residual_forward
@@ -23,6 +24,8 @@ class DecoderLayer(Module):
 
     Submodules: self_attn, cross_attn, feed_forward, norm1, norm2, norm3, dropout1..3.
     Rotary positions (rotary=True) apply to the self-attention only.
+    cache=KVCache() (inference): the self-attention appends its keys and values, the
+    cross-attention projects memory once and reuses it (kv_cache.py).
     """
 
     def __init__(
@@ -65,7 +68,7 @@ class DecoderLayer(Module):
         self.dropout3 = Dropout(dropout, seed=child_seed(seed, "dropout3"))
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_is_causal: bool = False):
+                memory_key_padding_mask=None, tgt_is_causal: bool = False, cache=None):
         check_array("tgt", tgt, ndim=3, kind="f", xp=self.xp)
         check_size("tgt", tgt, -1, self.d_model, "d_model")
         check_array("memory", memory, ndim=3, kind="f", xp=self.xp)
@@ -75,10 +78,11 @@ class DecoderLayer(Module):
 
         def self_attention(h):  # (B, T, d) -> (B, T, d)
             return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
-                                  is_causal=tgt_is_causal)
+                                  is_causal=tgt_is_causal, cache=cache)
 
         def cross_attention(h):  # (B, T, d), memory (B, S, d) -> (B, T, d)
-            return self.cross_attn(h, memory, attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask)
+            return self.cross_attn(h, memory, attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask,
+                                   cache=cache)
 
         h1 = residual_forward(tgt, self.norm_first, self.norm1, self_attention, self.dropout1)  # (B, T, d)
         h2 = residual_forward(h1, self.norm_first, self.norm2, cross_attention, self.dropout2)  # (B, T, d)
@@ -109,6 +113,7 @@ class Decoder(EmbeddedStack):
     d memory sums the cross-attention gradients of every layer.
 
     Submodules: embedding, positional (learned only), dropout, layers.i, norm (as Encoder).
+    cache=KVCache() (inference): tgt holds only the new positions, as in Encoder.
     """
 
     def __init__(
@@ -143,11 +148,12 @@ class Decoder(EmbeddedStack):
                          vocab_size, max_len, positional, scale_embedding, padding_idx, seed=seed, dtype=dtype)
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_is_causal: bool = False):
-        x = self.embed(tgt, "tgt")  # (B, T, d)
+                memory_key_padding_mask=None, tgt_is_causal: bool = False, cache=None):
+        offset = 0 if check_cache(cache) is None else cache.length  # tokens already cached
+        x = self.embed(tgt, "tgt", offset)  # (B, T, d)  positions offset, offset + 1, ...
         for layer in self.layers:
             x = layer(x, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
-                      tgt_is_causal)  # (B, T, d)
+                      tgt_is_causal, cache=cache)  # (B, T, d)
         return self.norm(x) if self.norm is not None else x  # (B, T, d)
 
     def backward(self, grad_output):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .checks import check_array, check_positive_int, check_size
 from .dropout import Dropout
 from .feed_forward import FeedForward
+from .kv_cache import check_cache
 from .module import Module, child_seed
 from .multi_head_attention import MultiHeadAttention
 from .residual import make_norm, residual_backward, residual_forward
@@ -19,6 +20,7 @@ class EncoderLayer(Module):
     pre-norm (norm_first=True):
         h = x + Dropout(SelfAttn(Norm₁(x)))          y = h + Dropout(FFN(Norm₂(h)))
     Backward runs the two sub-layers in reverse (see residual.py): dy → dh → dx.
+    cache=KVCache() (inference): the self-attention keeps its keys and values (kv_cache.py).
 
     Submodules (state-dict prefixes): self_attn, feed_forward, norm1, norm2, dropout1, dropout2.
     """
@@ -57,13 +59,13 @@ class EncoderLayer(Module):
         self.dropout1 = Dropout(dropout, seed=child_seed(seed, "dropout1"))
         self.dropout2 = Dropout(dropout, seed=child_seed(seed, "dropout2"))
 
-    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False, cache=None):
         check_array("src", src, ndim=3, kind="f", xp=self.xp)
         check_size("src", src, -1, self.d_model, "d_model")
 
         def self_attention(h):  # (B, N, d) -> (B, N, d)
             return self.self_attn(
-                h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal
+                h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal, cache=cache
             )
 
         h = residual_forward(src, self.norm_first, self.norm1, self_attention, self.dropout1)  # (B, N, d)
@@ -86,6 +88,9 @@ class Encoder(EmbeddedStack):
 
     Submodules: embedding (if vocab_size), positional (the learned table, if "learned"),
     dropout, layers.0 … layers.{num_layers−1}, norm (if final_norm).
+
+    cache=KVCache() (inference, see kv_cache.py): src holds only the new positions; they start
+    at cache.length, and masks cover every key, cached ones included.
     """
 
     def __init__(
@@ -119,10 +124,12 @@ class Encoder(EmbeddedStack):
                          layer_norm_eps, bias, num_kv_heads, norm, rotary, window, block_size, final_norm,
                          vocab_size, max_len, positional, scale_embedding, padding_idx, seed=seed, dtype=dtype)
 
-    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal: bool = False):
-        x = self.embed(src, "src")  # (B, N, d)
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal: bool = False, cache=None):
+        offset = 0 if check_cache(cache) is None else cache.length  # tokens already cached
+        x = self.embed(src, "src", offset)  # (B, N, d)  positions offset, offset + 1, ...
         for layer in self.layers:
-            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
+                      cache=cache)
         return self.norm(x) if self.norm is not None else x  # (B, N, d)
 
     def backward(self, grad_output):

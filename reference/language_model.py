@@ -5,9 +5,10 @@ from __future__ import annotations
 from .arrays import resolve_dtype
 from .checks import check_positive_int
 from .encoder import Encoder
+from .kv_cache import check_cache
 from .linear import Linear
 from .module import Module, child_seed
-from .transformer import check_flag, check_padding_mask, check_token_input
+from .transformer import check_cached_length, check_flag, check_padding_mask, check_token_input
 
 #: token tables start as N(0, 0.02²), as GPT-2 and Llama initialize them
 EMBEDDING_STD = 0.02
@@ -28,6 +29,8 @@ class DecoderLM(Module):
     The stack is an Encoder (it has self-attention only) run with is_causal=True and a final
     norm; pre-norm by default, as GPT-2 and Llama. No embedding scale. The lm_head has no bias.
     Presets: ``DecoderLM.gpt(...)`` (GPT-2) and ``DecoderLM.llama(...)``.
+    cache=KVCache() (inference, see decoding.generate): ids holds only the new tokens, at
+    positions cache.length, ...; key_padding_mask then covers every key (B, cache.length + N).
 
     Submodules: decoder (Encoder with vocabulary), lm_head (Linear d → V, no bias). Tied:
     lm_head.weight is decoder.embedding.weight, listed once under that name.
@@ -96,16 +99,21 @@ class DecoderLM(Module):
                    norm_first=True, layer_norm_eps=1e-6, bias=False, num_kv_heads=num_kv_heads, norm="rmsnorm",
                    rotary=True, positional=None, max_len=max_len, tie_embeddings=False, seed=seed, dtype=dtype)
 
-    def forward(self, ids, key_padding_mask=None):
+    def forward(self, ids, key_padding_mask=None, cache=None):
         check_token_input("ids", ids, self.vocab_size, self.max_len, self.xp)
-        check_padding_mask("key_padding_mask", key_padding_mask, ids.shape[0], ids.shape[1], self.xp)
-        h = self.decoder(ids, src_key_padding_mask=key_padding_mask, is_causal=True)  # (B, N, d)
+        offset = 0 if check_cache(cache) is None else cache.length  # tokens already cached
+        check_cached_length("ids", ids, offset, self.max_len)
+        check_padding_mask("key_padding_mask", key_padding_mask, ids.shape[0], offset + ids.shape[1], self.xp)
+        h = self.decoder(ids, src_key_padding_mask=key_padding_mask, is_causal=True, cache=cache)  # (B, N, d)
         logits = self.lm_head(h)  # (B, N, V)  logits = h W_hᵀ
-        self.save_for_backward(shape=logits.shape)
+        self.save_for_backward(shape=logits.shape, cached=cache is not None)
         return logits
 
     def backward(self, grad_output):
-        dlogits = self.check_grad_output(grad_output, self.saved()["shape"])  # (B, N, V)
+        saved = self.saved()
+        if saved["cached"]:
+            raise ValueError("backward after a forward with cache= is not supported: the cache is for inference")
+        dlogits = self.check_grad_output(grad_output, saved["shape"])  # (B, N, V)
         dh = self.lm_head.backward(dlogits)  # (B, N, d)  ← from logits = h W_hᵀ
         return self.decoder.backward(dh)  # None  ← from h = Norm(Layers(E[ids] + P)): into E.grad
 

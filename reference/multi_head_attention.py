@@ -7,8 +7,9 @@ import numpy as np
 from .arrays import array_namespace, resolve_dtype
 from .attention import ScaledDotProductAttention
 from .checks import check_array, check_divisible, check_positive_int, check_probability, check_size, describe
+from .kv_cache import check_cache
 from .linear import Linear
-from .masks import block_local_mask, sliding_window_mask
+from .masks import block_local_mask, causal_mask, sliding_window_mask
 from .module import Module, child_seed
 from .rotary import RotaryEmbedding
 
@@ -34,6 +35,11 @@ class MultiHeadAttention(Module):
     window (sliding window) and block_size (block-local) add their masks; everything is
     combined into one mask for the attention (boolean when all parts are boolean, else float).
     Unlike torch, is_causal is a real mask here, not a hint that attn_mask is causal.
+
+    cache=KVCache() (inference): the projected keys and values of earlier calls are kept and
+    reused (see kv_cache.py); the new queries sit at positions cache.seen(self), ... (rotary,
+    causal/window/block rows), and attn_mask / key_padding_mask cover every key, cached ones
+    included ((L, S_total), (B, S_total)). No backward after a cached forward.
 
     need_weights=True returns (y, P) with P the per-head probabilities (B, H, L, S) before
     dropout (torch averages over heads unless average_attn_weights=False, and in training
@@ -68,7 +74,7 @@ class MultiHeadAttention(Module):
         self.rotary = RotaryEmbedding(self.head_dim, max_len, rope_base) if rotary else None
 
     def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
-                need_weights=False, is_causal=False):
+                need_weights=False, is_causal=False, cache=None):
         inputs = "self" if key is None else ("kv" if value is None else "qkv")
         if key is None and value is not None:
             raise ValueError(f"value must be None when key is None (self-attention), got {describe(value)}")
@@ -77,27 +83,74 @@ class MultiHeadAttention(Module):
         for flag, name in ((need_weights, "need_weights"), (is_causal, "is_causal")):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {describe(flag)}")
+        check_cache(cache)
         B, L, S = self._check_inputs(query, key, value)
         xp = array_namespace(query)
         H, Hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        mask = self._combined_mask(attn_mask, key_padding_mask, B, L, S, is_causal, xp)
+        offset = 0 if cache is None else cache.seen(self)  # position of the first new query
+        if cache is not None and inputs == "self":
+            S = offset + L  # the keys: every cached position, then the new ones
+        mask = self._combined_mask(attn_mask, key_padding_mask, B, L, S, is_causal, xp,
+                                   offset=offset, cached=cache is not None)
 
         q = self.q_proj(query).reshape(B, L, H, d).transpose(0, 2, 1, 3)  # (B, H, L, d)
-        k = self.k_proj(key).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
-        v = self.v_proj(value).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
-        if self.rotary is not None:
-            q, k = self.rotary(q, k)  # (B, H, L, d), (B, Hkv, S, d)  positions 0, 1, ...
-        o = self.attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=Hkv != H)  # (B, H, L, d)
+        if cache is None:
+            k = self.k_proj(key).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
+            v = self.v_proj(value).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
+            if self.rotary is not None:
+                q, k = self.rotary(q, k)  # (B, H, L, d), (B, Hkv, S, d)  positions 0, 1, ...
+        else:
+            q, k, v = self._cached_projections(q, key, value, inputs, offset, cache)
+        # with a cache the causal part is already in `mask` (its rows start at `offset`)
+        o = self.attention(q, k, v, attn_mask=mask, is_causal=is_causal and cache is None,
+                           enable_gqa=Hkv != H)  # (B, H, L, d)
         concat = o.transpose(0, 2, 1, 3).reshape(B, L, self.d_model)  # (B, L, D)  concat_h(O)
         y = self.out_proj(concat)  # (B, L, D)
 
-        self.save_for_backward(inputs=inputs, B=B, L=L, S=S)
+        self.save_for_backward(inputs=inputs, B=B, L=L, S=S, cached=cache is not None)
         if need_weights:
             return y, self.attention.attention_weights  # (B, L, D), (B, H, L, S)
         return y
 
+    def _cached_projections(self, q, key, value, inputs, offset, cache):
+        """Keys and values through the cache: append the new ones (self) or reuse the memory's (cross).
+
+        q (B, H, L, d) are the new queries, at positions offset, offset + 1, ...
+        """
+        B, L, Hkv, d = q.shape[0], q.shape[2], self.num_kv_heads, self.head_dim
+        if inputs == "self":
+            k = self.k_proj(key).reshape(B, L, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, L, d)  new keys only
+            v = self.v_proj(value).reshape(B, L, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, L, d)
+            if self.rotary is not None:
+                q, k = self.rotary(q, k, offset)  # (B, H, L, d), (B, Hkv, L, d)  positions offset, ...
+            k, v = cache.append(self, k, v)  # (B, Hkv, offset + L, d) ×2  cached keys, then the new
+            return q, k, v
+        stored = cache.memory(self)
+        if stored is None:  # first call: project the memory once
+            S = key.shape[1]
+            k = self.k_proj(key).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
+            v = self.v_proj(value).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
+            if self.rotary is not None:
+                q, k = self.rotary(q, k)  # (B, H, L, d), (B, Hkv, S, d)  positions 0, 1, ...
+            cache.store_memory(self, k, v, L)
+            return q, k, v
+        k, v = stored  # (B, Hkv, S, d) ×2
+        if tuple(k.shape) != (B, Hkv, key.shape[1], d):
+            raise ValueError(
+                f"key has batch {B} and length {key.shape[1]} but the cache holds this layer's memory keys of "
+                f"shape {tuple(k.shape)} (batch, kv heads, seq, head_dim): a cache serves one memory"
+            )
+        if self.rotary is not None:
+            q, _ = self.rotary(q, q[:, :0], offset)  # (B, H, L, d)  positions offset, ...
+        cache.advance(self, L)
+        return q, k, v
+
     def backward(self, grad_output):
         saved = self.saved()
+        if saved["cached"]:
+            raise ValueError(
+                "backward after a forward with cache= is not supported: the key/value cache is for inference"
+            )
         B, L, S = saved["B"], saved["L"], saved["S"]
         dy = self.check_grad_output(grad_output, (B, L, self.d_model))  # (B, L, D)
         H, Hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
@@ -132,10 +185,12 @@ class MultiHeadAttention(Module):
         check_size("value", value, 1, S, "key's sequence length")
         return B, L, S
 
-    def _combined_mask(self, attn_mask, key_padding_mask, B, L, S, is_causal, xp):
+    def _combined_mask(self, attn_mask, key_padding_mask, B, L, S, is_causal, xp, offset=0, cached=False):
         """One mask for the attention (SDPA convention): boolean True = may attend, or additive float.
 
-        is_causal itself is passed on to the attention (which combines it with this mask).
+        Without a cache, is_causal itself is passed on to the attention (which combines it with
+        this mask). With one, the L new queries sit at positions offset … offset + L − 1: they
+        get rows offset … offset + L − 1 of the causal (and window, block) masks, combined here.
         """
         allowed = None  # boolean, True = may attend, broadcastable to (B, H, L, S)
         added = None  # float, added to the scores, broadcastable to (B, H, L, S)
@@ -157,13 +212,18 @@ class MultiHeadAttention(Module):
                     f"key_padding_mask must have shape {(B, S)} (batch, key length), got {tuple(key_padding_mask.shape)}"
                 )
             combine(key_padding_mask.reshape(B, 1, 1, S))  # (B, 1, 1, S)
-        for size, name, build in ((self.window, "window", lambda: sliding_window_mask(L, self.window, is_causal)),
-                                  (self.block_size, "block_size", lambda: block_local_mask(L, self.block_size))):
+        end = offset + L  # one past the last new query's position
+        if cached and is_causal:
+            combine(xp.asarray(causal_mask(end, S)[offset:] != 0))  # (L, S)  rows of the new queries
+        for size, name, build in ((self.window, "window", lambda: sliding_window_mask(end, self.window, is_causal)),
+                                  (self.block_size, "block_size", lambda: block_local_mask(end, self.block_size))):
             if size is None:
                 continue
-            if L != S:
-                raise ValueError(f"{name} needs query and key of the same length, got L={L} and S={S}")
-            combine(xp.asarray(build() != 0))  # (L, S)  blocked = True, torch MHA's convention
+            if end != S:
+                if not cached:
+                    raise ValueError(f"{name} needs query and key of the same length, got L={L} and S={S}")
+                raise ValueError(f"{name} needs self-attention with a cache, got L={L} new queries and S={S} keys")
+            combine(xp.asarray(build()[offset:] != 0))  # (L, S)  blocked = True, torch MHA's convention
 
         if added is None:
             return allowed  # None or boolean

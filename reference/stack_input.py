@@ -54,7 +54,7 @@ class EmbeddedStack(Module):
                                                          dtype=dtype)
         self.dropout = Dropout(dropout, seed=child_seed(seed, "dropout"))
 
-    def embed(self, tokens_or_embeddings, name: str):
+    def embed(self, tokens_or_embeddings, name: str, offset: int = 0):
         x = tokens_or_embeddings
         from_ids = hasattr(x, "dtype") and x.dtype.kind in "iu"
         if from_ids:
@@ -69,7 +69,7 @@ class EmbeddedStack(Module):
             check_array(name, x, ndim=3, dtype=self.dtype, xp=self.xp)
             check_size(name, x, -1, self.d_model, "d_model")
         if self.positional is not None:
-            x = self.positional(x)  # (B, N, d)  x + P[:N]
+            x = self.positional(x, offset)  # (B, N, d)  x + P[offset : offset + N]
         self.save_for_backward(from_ids=from_ids)
         return self.dropout(x)  # (B, N, d)
 

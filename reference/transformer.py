@@ -8,6 +8,7 @@ from .arrays import resolve_dtype
 from .checks import check_array, check_positive_int, check_size, check_token_ids, describe
 from .decoder import Decoder
 from .encoder import Encoder
+from .kv_cache import check_cache
 from .linear import Linear
 from .module import Module, child_seed
 
@@ -20,6 +21,16 @@ def check_token_input(name: str, ids, vocab_size: int, max_len: int, xp):
         raise ValueError(
             f"{name} has {ids.shape[1]} positions but the model's max_len is {max_len} "
             f"(positions 0..{max_len - 1}), got shape {tuple(ids.shape)}"
+        )
+    return ids
+
+
+def check_cached_length(name: str, ids, offset: int, max_len: int):
+    """With a cache, the new ids sit at positions offset … offset + N − 1, which must stay below max_len."""
+    if offset + ids.shape[1] > max_len:
+        raise ValueError(
+            f"{name} has {ids.shape[1]} new positions after {offset} cached ones, reaching position "
+            f"{offset + ids.shape[1] - 1}, but the model's max_len is {max_len} (positions 0..{max_len - 1})"
         )
     return ids
 
@@ -125,17 +136,25 @@ class Transformer(Module):
         self.save_for_backward(call="encode")
         return memory
 
-    def decode(self, tgt, memory, memory_key_padding_mask=None, tgt_key_padding_mask=None):
-        """logits (B, T, V) for target ids (B, T) given memory (B, S, d), causal over the target."""
+    def decode(self, tgt, memory, memory_key_padding_mask=None, tgt_key_padding_mask=None, cache=None):
+        """logits (B, T, V) for target ids (B, T) given memory (B, S, d), causal over the target.
+
+        cache=KVCache() (inference, see decoding.py): tgt holds only the new tokens, at positions
+        cache.length, ...; the decoder keeps its keys/values and the projected memory, so each
+        step costs one token. tgt_key_padding_mask then covers every target key (B, cache.length + T).
+        """
         check_token_input("tgt", tgt, self.tgt_vocab_size, self.max_len, self.xp)
+        offset = 0 if check_cache(cache) is None else cache.length  # target tokens already cached
+        check_cached_length("tgt", tgt, offset, self.max_len)
         check_array("memory", memory, ndim=3, dtype=self.dtype, xp=self.xp)
         check_size("memory", memory, -1, self.d_model, "d_model")
         check_size("memory", memory, 0, tgt.shape[0], "tgt's batch size")
         B, T, S = tgt.shape[0], tgt.shape[1], memory.shape[1]
-        check_padding_mask("tgt_key_padding_mask", tgt_key_padding_mask, B, T, self.xp)
+        check_padding_mask("tgt_key_padding_mask", tgt_key_padding_mask, B, offset + T, self.xp)
         check_padding_mask("memory_key_padding_mask", memory_key_padding_mask, B, S, self.xp)
         h = self.decoder(tgt, memory, tgt_key_padding_mask=tgt_key_padding_mask,
-                         memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=True)  # (B, T, d)
+                         memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=True,
+                         cache=cache)  # (B, T, d)
         logits = self.generator(h)  # (B, T, V)  logits = h W_gᵀ + b_g
         self.save_for_backward(call="decode")
         return logits

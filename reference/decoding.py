@@ -1,0 +1,230 @@
+"""Decoding: greedy and beam search for the Transformer, temperature/top-k sampling for the language model."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+
+from .arrays import array_namespace
+from .checks import check_array, check_positive_int, describe
+from .kv_cache import KVCache
+from .language_model import DecoderLM
+from .transformer import Transformer, check_flag
+
+
+def gnmt_length_penalty(length, alpha: float):
+    """GNMT's length penalty lp(n) = ((5 + n) / 6)^α; a hypothesis scores log P(y) / lp(|y|)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def greedy_decode(model, src, max_len, bos_id, eos_id, src_key_padding_mask=None, use_cache=True):
+    r"""Pick the most likely next token at every step, for a batch of sources at once.
+
+    memory = encode(src) once;  y₀ = BOS;  y_t = argmax_v logits(y_<t, memory)[v]
+    A row stops at its first EOS (later positions are filled with eos_id); decoding stops when
+    every row has stopped or the output holds max_len tokens. With use_cache=True (see
+    kv_cache.py) each step feeds only the last token; use_cache=False runs the decoder on
+    the whole prefix every step (the same tokens, slower).
+
+    src (B, S) int ids  →  tokens (B, T) int64, T <= max_len, starting with BOS.
+    The model runs in eval mode (no dropout) during decoding; its modes are restored after.
+    """
+    _check_model("model", model, Transformer)
+    max_len = _check_max_len("max_len", max_len, model.max_len)
+    bos_id = _check_token("bos_id", bos_id, model.tgt_vocab_size)
+    eos_id = _check_token("eos_id", eos_id, model.tgt_vocab_size)
+    check_flag("use_cache", use_cache)
+    xp = model.xp
+    with _inference(model):
+        memory = model.encode(src, src_key_padding_mask)  # (B, S, d)  encoded once
+        B = memory.shape[0]
+        tokens = xp.full((B, 1), bos_id, dtype=xp.int64)  # (B, 1)
+        finished = xp.zeros(B, dtype=bool)  # (B,)
+        cache = KVCache() if use_cache else None
+        for _ in range(max_len - 1):
+            step = tokens[:, -1:] if use_cache else tokens  # (B, 1) new token, or (B, t) whole prefix
+            logits = model.decode(step, memory, src_key_padding_mask, cache=cache)[:, -1]  # (B, V)
+            next_token = xp.argmax(logits, axis=-1).astype(xp.int64)  # (B,)
+            next_token = xp.where(finished, eos_id, next_token)  # (B,)  finished rows: padding
+            tokens = xp.concatenate([tokens, next_token[:, None]], axis=1)  # (B, t + 1)
+            finished = finished | (next_token == eos_id)  # (B,)
+            if bool(xp.all(finished)):
+                break
+    return tokens
+
+
+def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty=0.6, src_key_padding_mask=None):
+    r"""Keep the beam_size best hypotheses per source, batched over sources and beams.
+
+    score(y) = log P(y | x) / lp(|y|),   lp(n) = ((5 + n) / 6)^α   (GNMT, α = length_penalty)
+    |y| counts the generated tokens, EOS included, BOS not. Each step every hypothesis of the
+    beam proposes its V extensions (a finished one only EOS, at no cost and no added length),
+    and the beam_size best by score survive; the cache follows them (KVCache.reorder).
+    Stops when every hypothesis has ended with EOS or the output holds max_len tokens.
+
+    src (B, S)  →  tokens (B, beam_size, T) int64 (BOS first, EOS-padded after the end) and
+    scores (B, beam_size) float64, each source's hypotheses sorted best first. beam_size=1 is
+    greedy decoding. A score of −inf marks a slot with no hypothesis (fewer than beam_size
+    sequences of that length exist). The model runs in eval mode during the search.
+    """
+    _check_model("model", model, Transformer)
+    max_len = _check_max_len("max_len", max_len, model.max_len)
+    bos_id = _check_token("bos_id", bos_id, model.tgt_vocab_size)
+    eos_id = _check_token("eos_id", eos_id, model.tgt_vocab_size)
+    K = check_positive_int("beam_size", beam_size)
+    alpha = _check_real("length_penalty", length_penalty, minimum=0.0)
+    xp, V = model.xp, model.tgt_vocab_size
+    with _inference(model):
+        memory = model.encode(src, src_key_padding_mask)  # (B, S, d)  encoded once
+        B = memory.shape[0]
+        rows = xp.repeat(xp.arange(B), K)  # (B·K,)  the source of each beam row
+        memory = memory[rows]  # (B·K, S, d)
+        memory_mask = None if src_key_padding_mask is None else src_key_padding_mask[rows]  # (B·K, S)
+        b = xp.arange(B)[:, None]  # (B, 1)
+        tokens = xp.full((B, K, 1), bos_id, dtype=xp.int64)  # (B, K, 1)
+        sums = xp.full((B, K), -xp.inf, dtype=xp.float64)  # (B, K)  log P of each hypothesis
+        sums[:, 0] = 0.0  # one live hypothesis (BOS) per source at the start
+        lengths = xp.zeros((B, K), dtype=xp.int64)  # (B, K)  generated tokens, EOS included
+        finished = xp.zeros((B, K), dtype=bool)  # (B, K)
+        eos_only = xp.full(V, -xp.inf)  # (V,)  a finished hypothesis may only append EOS, at cost 0
+        eos_only[eos_id] = 0.0
+        cache = KVCache()
+        for _ in range(max_len - 1):
+            if bool(xp.all(finished | (sums == -xp.inf))):
+                break
+            logits = model.decode(tokens[:, :, -1].reshape(B * K, 1), memory, memory_mask,
+                                  cache=cache)[:, -1]  # (B·K, V)
+            log_probs = _log_softmax(logits.astype(xp.float64)).reshape(B, K, V)  # (B, K, V)
+            log_probs = xp.where(finished[..., None], eos_only, log_probs)  # (B, K, V)
+            cand_sums = sums[..., None] + log_probs  # (B, K, V)  log P of every extension
+            cand_lengths = lengths + ~finished  # (B, K)  a finished hypothesis does not grow
+            cand_scores = cand_sums / gnmt_length_penalty(cand_lengths, alpha)[..., None]  # (B, K, V)
+            best = xp.argsort(-cand_scores.reshape(B, K * V), axis=1, kind="stable")[:, :K]  # (B, K)
+            beam, token = best // V, best % V  # (B, K) ×2  which hypothesis, which token
+            sums = cand_sums.reshape(B, K * V)[b, best]  # (B, K)
+            lengths = cand_lengths[b, beam]  # (B, K)
+            finished = finished[b, beam] | (token == eos_id)  # (B, K)
+            tokens = xp.concatenate([tokens[b, beam], token[..., None]], axis=-1)  # (B, K, t + 1)
+            cache.reorder((b * K + beam).reshape(-1))  # the cache rows follow their hypotheses
+        scores = sums / gnmt_length_penalty(lengths, alpha)  # (B, K)
+        order = xp.argsort(-scores, axis=1, kind="stable")  # (B, K)  best first
+    return tokens[b, order], scores[b, order]
+
+
+def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None, use_cache=True):
+    r"""Continue each prompt of a DecoderLM by sampling (or greedy picking) one token at a time.
+
+    p = softmax(logits / temperature) over the top_k most likely tokens (all when None);
+    temperature = 0 picks the argmax (greedy). Sampling is by inverse CDF with one uniform per
+    row from numpy's default_rng(seed): the same seed gives the same tokens. With eos_id a
+    row stops at its first EOS (later positions are eos_id) and generation stops when every
+    row has. With use_cache=True the prompt is fed once, then one token per step.
+
+    prompt (B, P) int ids  →  tokens (B, P + n) int64, n <= max_new_tokens, prompt included.
+    The model runs in eval mode (no dropout) during generation; its modes are restored after.
+    """
+    _check_model("model", model, DecoderLM)
+    xp = model.xp
+    check_array("prompt", prompt, ndim=2, kind="iu", xp=xp)
+    if prompt.shape[1] < 1:
+        raise ValueError(f"prompt must hold at least one token per row, got shape {tuple(prompt.shape)}")
+    max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
+    if prompt.shape[1] + max_new_tokens > model.max_len:
+        raise ValueError(
+            f"max_new_tokens must be at most {model.max_len - prompt.shape[1]} (model max_len {model.max_len} minus "
+            f"the prompt's {prompt.shape[1]} tokens), got {max_new_tokens}"
+        )
+    temperature = _check_real("temperature", temperature, minimum=0.0)
+    if top_k is not None:
+        top_k = check_positive_int("top_k", top_k)
+        if top_k > model.vocab_size:
+            raise ValueError(f"top_k must be at most {model.vocab_size} (the vocabulary), got {top_k}")
+    if eos_id is not None:
+        eos_id = _check_token("eos_id", eos_id, model.vocab_size)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be an int or None, got {describe(seed)}")
+    check_flag("use_cache", use_cache)
+    rng = np.random.default_rng(seed)
+    with _inference(model):
+        tokens = prompt.astype(xp.int64)  # (B, P)
+        B = tokens.shape[0]
+        finished = xp.zeros(B, dtype=bool)  # (B,)
+        cache = KVCache() if use_cache else None
+        step = tokens  # the first step feeds the whole prompt
+        for _ in range(max_new_tokens):
+            logits = model(step, cache=cache)[:, -1]  # (B, V)  the next token's logits
+            next_token = _pick(logits, temperature, top_k, rng, xp)  # (B,)
+            if eos_id is not None:
+                next_token = xp.where(finished, eos_id, next_token)  # (B,)  finished rows: padding
+                finished = finished | (next_token == eos_id)  # (B,)
+            tokens = xp.concatenate([tokens, next_token[:, None]], axis=1)  # (B, t + 1)
+            step = next_token[:, None] if use_cache else tokens  # (B, 1), or the whole sequence
+            if eos_id is not None and bool(xp.all(finished)):
+                break
+    return tokens
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _pick(logits, temperature, top_k, rng, xp):
+    """The next token of each row: argmax (temperature 0) or a sample of softmax(logits / T) over the top k."""
+    if temperature == 0.0:
+        return xp.argmax(logits, axis=-1).astype(xp.int64)  # (B,)
+    scaled = logits.astype(xp.float64) / temperature  # (B, V)
+    if top_k is not None:  # keep exactly the k largest (ties: the lower id first, as argmax)
+        rank = xp.argsort(xp.argsort(-scaled, axis=-1, kind="stable"), axis=-1, kind="stable")  # (B, V)
+        scaled = xp.where(rank < top_k, scaled, -xp.inf)  # (B, V)
+    probs = xp.exp(_log_softmax(scaled))  # (B, V)  0 outside the top k
+    cdf = xp.cumsum(probs, axis=-1)  # (B, V)  non-decreasing, ends at ≈ 1
+    u = xp.asarray(rng.random(probs.shape[0])) * cdf[:, -1]  # (B,)  uniform in [0, total)
+    index = xp.sum(cdf <= u[:, None], axis=-1)  # (B,)  first v with cdf[v] > u
+    return xp.minimum(index, probs.shape[-1] - 1).astype(xp.int64)  # (B,)
+
+
+def _log_softmax(x):
+    """log softmax over the last axis; −inf entries stay −inf."""
+    xp = array_namespace(x)
+    shifted = x - xp.max(x, axis=-1, keepdims=True)  # (..., V)  <= 0
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))  # (..., V)
+
+
+@contextmanager
+def _inference(model):
+    """Run with every module in eval mode (no dropout), then restore each module's mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            object.__setattr__(m, "training", mode)
+
+
+def _check_model(name, model, cls):
+    if not isinstance(model, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, got {describe(model)}")
+
+
+def _check_max_len(name, value, model_max_len):
+    value = check_positive_int(name, value)
+    if value > model_max_len:
+        raise ValueError(f"{name} must be at most {model_max_len} (the model's max_len), got {value}")
+    return value
+
+
+def _check_token(name, value, vocab_size):
+    value = check_positive_int(name, value, minimum=0)
+    if value >= vocab_size:
+        raise ValueError(f"{name} must lie in [0, {vocab_size}) (the vocabulary), got {value}")
+    return value
+
+
+def _check_real(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a float, got {describe(value)}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value}")
+    return float(value)

@@ -1,0 +1,106 @@
+"""A key/value cache: the projected keys and values of earlier positions, kept for decoding step by step."""
+
+from __future__ import annotations
+
+from .arrays import array_namespace
+from .checks import check_array, describe
+
+
+class KVCache:
+    r"""Per attention layer, the keys and values already computed (inference only, no backward).
+
+    Decoding feeds the model one new token per step. Without a cache, step t projects and
+    attends all t tokens again; with it, each layer projects only the new token and appends
+    its key and value to the ones kept from earlier steps:
+
+        self-attention:   K ← concat(K, K_new),  V ← concat(V, V_new)  along S     (B, Hkv, S, d)
+                          the new queries read every cached key and the causal part of the new ones
+        cross-attention:  K, V = project(memory) on the first call, reused on every later call
+
+    Each entry also counts the query positions its layer has seen: the next call starts at
+    that position (rotary angles, rows of the causal / window / block mask). ``length`` is
+    that count for the stack (how many tokens are cached), the offset of the absolute
+    positional encoding; stacks read it before their layers run.
+
+    ``reorder(index)`` keeps batch rows ``index`` of every entry (beam search follows the
+    beams it keeps). One cache serves one model and one decoding run; start a new one for
+    the next batch. Entries are keyed by the attention module object.
+    """
+
+    def __init__(self):
+        self._entries = {}  # id(module) -> [module, keys, values, seen, cross]
+
+    @property
+    def length(self) -> int:
+        """Tokens already cached: the positions seen by the layers (0 for a new cache)."""
+        return max((entry[3] for entry in self._entries.values()), default=0)
+
+    def seen(self, module) -> int:
+        """Query positions ``module`` has seen so far (the position of its next query)."""
+        entry = self._entries.get(id(module))
+        return 0 if entry is None else entry[3]
+
+    def memory(self, module):
+        """(keys, values) a cross-attention module stored from its memory, or None on its first call."""
+        entry = self._entries.get(id(module))
+        if entry is None:
+            return None
+        self._check_kind(module, entry, cross=True)
+        return entry[1], entry[2]
+
+    def store_memory(self, module, keys, values, num_queries: int):
+        """Keep the projected memory of a cross-attention module; count its first queries."""
+        self._entries[id(module)] = [module, keys, values, num_queries, True]
+
+    def advance(self, module, num_queries: int) -> None:
+        """Count ``num_queries`` more query positions for a cross-attention module."""
+        self._entries[id(module)][3] += num_queries
+
+    def append(self, module, keys, values):
+        """Append new self-attention keys/values (B, Hkv, N, d); return all of them (B, Hkv, S + N, d)."""
+        entry = self._entries.get(id(module))
+        if entry is None:
+            self._entries[id(module)] = [module, keys, values, keys.shape[-2], False]
+            return keys, values
+        self._check_kind(module, entry, cross=False)
+        old = entry[1]
+        if old.shape[:2] != keys.shape[:2] or old.shape[-1] != keys.shape[-1]:
+            raise ValueError(
+                f"cache holds keys of shape {tuple(old.shape)} (batch, kv heads, seq, head_dim) for this layer, "
+                f"cannot append keys of shape {tuple(keys.shape)}: a cache serves one batch of one model"
+            )
+        xp = array_namespace(keys)
+        entry[1] = xp.concatenate([old, keys], axis=-2)  # (B, Hkv, S + N, d)
+        entry[2] = xp.concatenate([entry[2], values], axis=-2)  # (B, Hkv, S + N, d)
+        entry[3] += keys.shape[-2]
+        return entry[1], entry[2]
+
+    def reorder(self, index) -> None:
+        """Keep the batch rows ``index`` (an integer array (B',)) of every cached key and value."""
+        for entry in self._entries.values():
+            xp = array_namespace(entry[1])
+            check_array("index", index, ndim=1, kind="iu", xp=xp)
+            batch = entry[1].shape[0]
+            if index.size and (int(index.min()) < 0 or int(index.max()) >= batch):
+                raise ValueError(f"index must lie in [0, {batch}) (the cached batch rows), got {index.tolist()}")
+            entry[1] = entry[1][index]  # (B', Hkv, S, d)
+            entry[2] = entry[2][index]  # (B', Hkv, S, d)
+
+    @staticmethod
+    def _check_kind(module, entry, cross: bool) -> None:
+        if entry[4] != cross:
+            used, now = ("cross", "self") if entry[4] else ("self", "cross")
+            raise ValueError(
+                f"cache holds {used}-attention keys for this {type(module).__name__}, "
+                f"which is now called as {now}-attention"
+            )
+
+    def __repr__(self) -> str:
+        return f"KVCache(length={self.length}, layers={len(self._entries)})"
+
+
+def check_cache(cache):
+    """cache must be None or a KVCache."""
+    if cache is not None and not isinstance(cache, KVCache):
+        raise TypeError(f"cache must be a KVCache or None, got {describe(cache)}")
+    return cache
