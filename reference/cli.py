@@ -41,6 +41,12 @@ def _info(args) -> int:
     return 0
 
 
+def add_training_commands(sub) -> None:
+    from .train import add_commands
+
+    add_commands(sub)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="rosetta", description="Rosetta Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +57,7 @@ def main(argv=None) -> int:
     check.set_defaults(run=_gradcheck)
     info = sub.add_parser("info", help="backends, devices and versions")
     info.set_defaults(run=_info)
+    add_training_commands(sub)  # train, decode, plot-attention
     args = parser.parse_args(argv)
     if getattr(args, "max_entries", None) == 0:
         args.max_entries = None

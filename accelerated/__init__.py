@@ -1,0 +1,1 @@
+"""Rosetta Transformer's accelerated backends: ``accelerated.torch`` (PyTorch) and ``accelerated.cupy`` (CuPy)."""

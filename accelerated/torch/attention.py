@@ -1,0 +1,233 @@
+"""Scaled dot-product attention through torch.nn.functional.scaled_dot_product_attention.
+
+The fused kernel (FlashAttention / memory-efficient / cuDNN on GPU, the flash CPU kernel on
+CPU) runs whenever the attention probabilities are not asked for. Around it this file adds
+what the SPEC promises on every backend: a query whose row is fully masked gets output 0 and
+gradient 0 (never NaN), and ``is_causal`` may be combined with ``attn_mask`` (torch refuses).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from reference.attention import _broadcast_shape, _check_scale
+
+from .checks import check_flag, check_probability, check_tensor
+from .dropout import dropout_scale
+from .masks import allowed_causal
+from .module import Module
+
+
+class ScaledDotProductAttention(Module):
+    r"""softmax(q kᵀ · scale + mask) v over the last two dimensions, batched over the others.
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) → output (..., L, Ev). Masks as in
+    torch SDPA: boolean True = may attend, float is added; is_causal adds tril(ones(L, S)).
+    enable_gqa: key/value have fewer heads (dim −3); query head h reads kv head h // (H/Hkv).
+    Dropout (training, dropout_p > 0) happens inside the fused kernel and draws from torch's
+    global generator; ``seed`` seeds the module's own generator, used when the probabilities
+    are materialized (MultiHeadAttention with need_weights=True).
+    """
+
+    differentiable_inputs = ("query", "key", "value")
+
+    def __init__(self, dropout_p: float = 0.0, *, seed=None):
+        super().__init__()
+        self.dropout_p = check_probability("dropout_p", dropout_p)
+        self.manual_seed(seed)
+
+    def manual_seed(self, seed) -> None:
+        """Restart the generator of the materialized path's dropout."""
+        self.seed = None if seed is None else int(seed) % 2**63
+        self._generators = {}
+
+    def _generator(self, device):
+        if self.seed is None:
+            return None
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+    @property
+    def attention_weights(self):
+        """P of the last forward, (..., H, L, S): rows sum to 1, or to 0 when fully masked.
+
+        The fused kernel never forms P: it is recomputed (without dropout) from the last
+        forward's arguments when this module was called directly; inside MultiHeadAttention
+        it exists when need_weights=True was asked.
+        """
+        weights = self.__dict__.get("_weights")
+        if weights is not None:
+            return weights
+        args = self._last_arguments()
+        if args is None:
+            raise ValueError(
+                "ScaledDotProductAttention.attention_weights needs a forward pass first (called directly, or "
+                "inside MultiHeadAttention with need_weights=True), got none"
+            )
+        group = _check_qkv(args["query"], args["key"], args["value"], args["enable_gqa"])
+        scale = _check_scale(args["scale"], args["query"].shape[-1])
+        with torch.no_grad():
+            _, probs = attend(args["query"], args["key"], args["value"], args["attn_mask"], 0.0, args["is_causal"],
+                              scale, group, need_weights=True)
+        return probs
+
+    def _prepare(self, query, key, value, attn_mask, is_causal, scale, enable_gqa):
+        group = _check_qkv(query, key, value, enable_gqa)
+        scale = _check_scale(scale, query.shape[-1])
+        check_flag("is_causal", is_causal)
+        if attn_mask is not None:
+            _check_mask(attn_mask, query.shape[:-2] + (query.shape[-2], key.shape[-2]))
+        self.__dict__["_weights"] = None
+        return group, scale, self.dropout_p if self.training else 0.0
+
+    def forward(self, query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+        group, scale, p = self._prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+        out, _ = attend(query, key, value, attn_mask, p, bool(is_causal), scale, group, need_weights=False)
+        return out  # (..., L, Ev)
+
+    def _forward_with_weights(self, query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+        """(output, P): the materialized path (P is kept as ``attention_weights``)."""
+        group, scale, p = self._prepare(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+        out, probs = attend(query, key, value, attn_mask, p, bool(is_causal), scale, group, need_weights=True,
+                            generator=self._generator(query.device) if p > 0 else None)
+        self.__dict__["_weights"] = probs.detach()
+        return out, probs
+
+    def extra_repr(self) -> str:
+        return f"dropout_p={self.dropout_p}"
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_generators"], state["_weights"] = {}, None
+        return state
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, enable_gqa=False):
+    """torch.nn.functional.scaled_dot_product_attention's signature and meaning, with the SPEC's
+    fully-masked-row rule and is_causal combinable with attn_mask. Dropout (dropout_p > 0) is
+    always applied, as in torch's functional. Gradients: autograd.
+    """
+    p = check_probability("dropout_p", dropout_p)  # first, as the reference (it builds its module first)
+    group = _check_qkv(query, key, value, enable_gqa)
+    scale = _check_scale(scale, query.shape[-1])
+    check_flag("is_causal", is_causal)
+    if attn_mask is not None:
+        _check_mask(attn_mask, query.shape[:-2] + (query.shape[-2], key.shape[-2]))
+    out, _ = attend(query, key, value, attn_mask, p, bool(is_causal), scale, group, need_weights=False)
+    return out
+
+
+def attend(query, key, value, attn_mask, dropout_p: float, is_causal: bool, scale: float, group: int,
+           need_weights: bool, generator=None):
+    """(output, P or None). attn_mask in SDPA's convention (bool True = may attend, or additive float)."""
+    L, S = query.shape[-2], key.shape[-2]
+    mask = attn_mask
+    if mask is not None:
+        mask = mask.to(device=query.device, dtype=mask.dtype if mask.dtype == torch.bool else query.dtype)
+        if is_causal:  # torch's kernels take one or the other: fold the causal mask in
+            causal = allowed_causal(L, S, query.device)  # (L, S)
+            mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
+            is_causal = False
+    if need_weights:
+        return _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, generator)
+    if mask is None:  # no row can be empty (causal rows always see key 0)
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=is_causal,
+                                             scale=scale, enable_gqa=group > 1)
+        return out, None
+    allowed = mask if mask.dtype == torch.bool else mask > float("-inf")  # (..., L, S)
+    row_ok = allowed.any(dim=-1, keepdim=True)  # (..., L, 1)  False on a fully masked row
+    # give empty rows something to attend to (any finite row), then zero their output: the
+    # masked_fill passes gradient 0 into those rows, so their dq, dk, dv contributions are 0
+    safe = mask | ~row_ok if mask.dtype == torch.bool else mask.masked_fill(~row_ok, 0.0)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=safe, dropout_p=dropout_p, scale=scale,
+                                         enable_gqa=group > 1)
+    return out.masked_fill(~row_ok, 0.0), None  # (..., L, Ev)
+
+
+def _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, generator):
+    """Attention with P formed explicitly (for need_weights): O = dropout(P) V."""
+    k = key.repeat_interleave(group, dim=-3) if group > 1 else key  # (..., H, S, E)
+    v = value.repeat_interleave(group, dim=-3) if group > 1 else value  # (..., H, S, Ev)
+    scores = (query @ k.transpose(-1, -2)) * scale  # (..., L, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    if is_causal:
+        scores = scores.masked_fill(~allowed_causal(query.shape[-2], key.shape[-2], query.device), float("-inf"))
+    probs = masked_softmax(scores)  # (..., L, S)
+    dropped = probs * dropout_scale(probs, dropout_p, generator) if dropout_p > 0 else probs
+    return dropped @ v, probs  # (..., L, Ev), (..., L, S)
+
+
+def masked_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis; a row of only −inf gives zeros (and passes gradient 0)."""
+    row_ok = (scores > float("-inf")).any(dim=-1, keepdim=True)  # (..., 1)
+    probs = torch.softmax(scores.masked_fill(~row_ok, 0.0), dim=-1)  # (..., S)  finite everywhere
+    return probs.masked_fill(~row_ok, 0.0)
+
+
+def _check_qkv(query, key, value, enable_gqa) -> int:
+    """Validate the three inputs as the reference does; return the query heads per kv head."""
+    check_flag("enable_gqa", enable_gqa)
+    check_tensor("query", query, kind="f")
+    check_tensor("key", key)
+    check_tensor("value", value)
+    for name, x in (("key", key), ("value", value)):
+        if x.dtype != query.dtype:
+            raise TypeError(f"{name} must have the dtype of query ({query.dtype}), got {x.dtype}")
+    min_ndim = 3 if enable_gqa else 2
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if x.ndim < min_ndim:
+            want = "(..., heads, seq, dim) with enable_gqa" if enable_gqa else "(..., seq, dim)"
+            raise ValueError(f"{name} must have shape {want}, got shape {tuple(x.shape)}")
+    for name, x in (("key", key), ("value", value)):
+        if x.ndim != query.ndim:
+            raise ValueError(
+                f"{name} must have {query.ndim} dimensions (as query, shape {tuple(query.shape)}), "
+                f"got shape {tuple(x.shape)}"
+            )
+    if key.shape[-1] != query.shape[-1]:
+        raise ValueError(
+            f"key must have size {query.shape[-1]} (query's feature size E) in dimension -1, got shape {tuple(key.shape)}"
+        )
+    if value.shape[-2] != key.shape[-2]:
+        raise ValueError(
+            f"value must have size {key.shape[-2]} (key's sequence length S) in dimension -2, got shape {tuple(value.shape)}"
+        )
+    if not enable_gqa:
+        for name, x in (("key", key), ("value", value)):
+            if x.shape[:-2] != query.shape[:-2]:
+                raise ValueError(
+                    f"{name} must have leading dimensions {tuple(query.shape[:-2])} (query's), got shape {tuple(x.shape)}"
+                )
+        return 1
+    heads, kv_heads = query.shape[-3], key.shape[-3]
+    for name, x in (("key", key), ("value", value)):
+        if x.shape[:-3] != query.shape[:-3]:
+            raise ValueError(
+                f"{name} must have leading dimensions {tuple(query.shape[:-3])} (query's), got shape {tuple(x.shape)}"
+            )
+    if value.shape[-3] != kv_heads:
+        raise ValueError(f"value must have {kv_heads} heads in dimension -3 (as key), got shape {tuple(value.shape)}")
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(
+            f"key must have a number of heads dividing query's {heads} heads (enable_gqa), got {kv_heads}"
+        )
+    return heads // kv_heads
+
+
+def _check_mask(attn_mask, target_shape: tuple):
+    """attn_mask: boolean or floating, broadcastable to target_shape (..., L, S)."""
+    check_tensor("attn_mask", attn_mask, kind="bf")
+    target_shape = tuple(target_shape)
+    if attn_mask.ndim > len(target_shape) or _broadcast_shape(tuple(attn_mask.shape), target_shape) != target_shape:
+        raise ValueError(
+            f"attn_mask must be broadcastable to {target_shape} (..., L, S), got shape {tuple(attn_mask.shape)}"
+        )
+    return attn_mask
+
+
+__all__ = ["ScaledDotProductAttention", "attend", "masked_softmax", "scaled_dot_product_attention"]

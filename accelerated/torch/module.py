@@ -1,0 +1,244 @@
+"""The module protocol on torch: real ``torch.nn.Module``s whose ``backward`` is autograd underneath.
+
+``m(*inputs)`` runs ``forward`` and remembers its inputs and output; ``m.backward(grad_output)``
+asks autograd for the gradient of each input and of every parameter, returns the former and
+adds the latter into ``param.grad``, so code written against the reference's hand-written
+backward runs unchanged. Plain autograd (``loss.backward()``) works as on any torch module.
+
+    y = m(x)                 # forward; x is kept (an alias that requires grad) and y
+    dx = m.backward(dy)      # torch.autograd.grad(y, (x, *params), dy); p.grad += dL/dp
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
+
+from reference.module import child_seed, make_rng  # noqa: F401  (the same seed derivation on every backend)
+
+from .arrays import DEFAULT_DTYPE, asarray
+from .checks import describe
+
+Parameter = nn.Parameter
+
+_state = threading.local()  # .inside: a protocol module's forward is running (inner calls record nothing)
+
+
+@dataclass
+class _LastForward:
+    inputs: list  # the differentiable arguments as forward saw them (float ones alias the caller's)
+    output: object  # a tensor or a tuple of tensors
+    grad_enabled: bool
+    arguments: dict  # every argument of forward by name (masks and flags included)
+    used: bool = False
+
+
+class BackwardProtocol:
+    """Mixin for torch.nn.Module subclasses: the SPEC's ``backward`` on top of autograd.
+
+    ``differentiable_inputs`` names the forward arguments that ``backward`` returns gradients
+    for (default: forward's parameters without a default value); masks and flags are never
+    differentiated. Only the outermost protocol module of a call records: inner layers run as
+    plain torch code, so nothing is kept twice.
+    """
+
+    differentiable_inputs: tuple | None = None
+
+    @classmethod
+    def _forward_signature(cls):
+        cache = cls.__dict__.get("_signature_cache")
+        if cache is None:
+            signature = inspect.signature(cls.forward)
+            params = list(signature.parameters.values())[1:]  # drop self
+            signature = signature.replace(parameters=params)
+            names = cls.differentiable_inputs
+            if names is None:
+                names = tuple(p.name for p in params if p.default is inspect.Parameter.empty
+                              and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+            cache = (signature, tuple(names))
+            cls._signature_cache = cache
+        return cache
+
+    def __call__(self, *args, **kwargs):
+        if getattr(_state, "inside", False) or torch.compiler.is_compiling():
+            return super().__call__(*args, **kwargs)
+        self.__dict__["_last_forward"] = None  # frees the previous graph before this one is built
+        signature, names = self._forward_signature()
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return super().__call__(*args, **kwargs)  # forward raises its own error
+        grad_enabled = torch.is_grad_enabled()
+        present = [n for n in names if isinstance(bound.arguments.get(n), torch.Tensor)]
+        if grad_enabled:
+            for n in present:
+                x = bound.arguments[n]
+                if x.is_floating_point():
+                    # a fresh node per argument, so m(x, x, x) gets three separate gradients;
+                    # a tensor outside any graph becomes a leaf that requires grad
+                    bound.arguments[n] = x.view_as(x) if x.requires_grad else x.detach().requires_grad_()
+        _state.inside = True
+        try:
+            output = super().__call__(*bound.args, **bound.kwargs)
+        finally:
+            _state.inside = False
+        bound.apply_defaults()
+        self.__dict__["_last_forward"] = _LastForward([bound.arguments[n] for n in present], output, grad_enabled,
+                                                      dict(bound.arguments))
+        return output
+
+    # ---- backward ------------------------------------------------------------------------
+
+    def _backward_outputs(self, output):
+        """The part of forward's output that ``grad_output`` is the gradient of (default: all of it)."""
+        return output
+
+    def _check_grad_output(self, grad_output, output, name: str = "grad_output") -> torch.Tensor:
+        if not isinstance(grad_output, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {describe(grad_output)}")
+        if tuple(grad_output.shape) != tuple(output.shape):
+            raise ValueError(
+                f"{name} must have shape {tuple(output.shape)} (the output's), got {tuple(grad_output.shape)}"
+            )
+        if not grad_output.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {grad_output.dtype}")
+        return grad_output.to(device=output.device, dtype=output.dtype)
+
+    def backward(self, grad_output):
+        """Gradients of the last forward's inputs (a tuple when several; None for integer ones).
+
+        Each parameter's gradient is added into ``param.grad``. The graph is freed afterwards,
+        as by ``loss.backward()``: one backward per forward.
+        """
+        last = self.__dict__.get("_last_forward")
+        name = type(self).__name__
+        if last is None:
+            raise ValueError(f"{name}.backward() was called before forward(): expected a forward pass first, got none")
+        if last.arguments.get("cache") is not None:
+            raise ValueError(
+                f"{name}.backward() after a forward with cache= is not supported: the key/value cache is for inference"
+            )
+        if not last.grad_enabled:
+            raise ValueError(
+                f"{name}.backward() needs a forward run with gradients enabled, got one run under "
+                "torch.no_grad() or torch.inference_mode()"
+            )
+        if last.used:
+            raise ValueError(
+                f"{name}.backward() was already called for the last forward (its graph is freed, as after "
+                "loss.backward()): expected a new forward pass first"
+            )
+        outputs = self._backward_outputs(last.output)
+        if isinstance(outputs, torch.Tensor):
+            pairs = [(outputs, self._check_grad_output(grad_output, outputs))]
+        else:
+            if not isinstance(grad_output, (tuple, list)) or len(grad_output) != len(outputs):
+                raise TypeError(
+                    f"grad_output must be a tuple of {len(outputs)} tensors (one per output of forward), "
+                    f"got {describe(grad_output)}"
+                )
+            pairs = [(y, self._check_grad_output(g, y, f"grad_output[{i}]"))
+                     for i, (y, g) in enumerate(zip(outputs, grad_output))]
+        pairs = [(y, g) for y, g in pairs if y.requires_grad]
+        float_inputs = [x for x in last.inputs if x.is_floating_point()]
+        params = [p for p in self.parameters() if p.requires_grad]
+        wrt = float_inputs + params
+        grads = [None] * len(wrt)
+        if pairs and wrt:
+            grads = list(torch.autograd.grad([y for y, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
+        n_inputs = len(float_inputs)
+        for p, g in zip(params, grads[n_inputs:]):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g  # accumulate, as autograd does
+        input_grads = iter(grads[:n_inputs])
+        results = []
+        for x in last.inputs:
+            if not x.is_floating_point():
+                results.append(None)  # integer inputs (token ids) have no gradient
+                continue
+            g = next(input_grads)
+            results.append(torch.zeros_like(x) if g is None else g)
+        last.used, last.inputs, last.output = True, None, None
+        last.arguments = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in last.arguments.items()}
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def _last_arguments(self):
+        """The arguments of this module's last forward called from outside (None if there was none)."""
+        last = self.__dict__.get("_last_forward")
+        return None if last is None else last.arguments
+
+    # ---- the rest of the reference's protocol ----------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype (the construction dtype for a module without parameters)."""
+        for p in self.parameters():
+            return p.dtype
+        return self.__dict__.get("_dtype", DEFAULT_DTYPE)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Copy NumPy, torch or CuPy arrays into the parameters, after checking all of them.
+
+        Missing or unexpected keys raise ValueError when ``strict``; a shape mismatch always
+        does; a value that is not an array raises TypeError. Nothing changes unless every
+        check passes. Values are cast to each parameter's dtype and device.
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"state_dict must be a mapping of name -> array, got {describe(state_dict)}")
+        own = self.state_dict(keep_vars=True)
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state_dict does not match {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
+        staged = {}
+        for name, target in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if not hasattr(value, "shape"):
+                raise TypeError(f"state_dict[{name!r}] must be an array, got {describe(value)}")
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"state_dict[{name!r}] must have shape {tuple(target.shape)}, got {tuple(value.shape)}"
+                )
+            staged[name] = asarray(value).to(device=target.device, dtype=target.dtype)
+        super().load_state_dict(staged, strict=False, assign=assign)
+        return _IncompatibleKeys(missing, unexpected)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_last_forward", None)  # a graph is neither copied nor pickled
+        return state
+
+
+class Module(BackwardProtocol, nn.Module):
+    """Base of every layer of the torch backend: a torch.nn.Module with the reference's protocol."""
+
+    def __init__(self):
+        super().__init__()
+
+
+class ModuleList(nn.ModuleList):
+    """torch.nn.ModuleList, with the reference's signature (modules registered as "0", "1", ...)."""
+
+    def __init__(self, modules=()):
+        super().__init__(list(modules))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def as_parameter(value, dtype: torch.dtype) -> nn.Parameter:
+    """A Parameter holding ``value``, a NumPy array made by the reference's initialization code."""
+    return nn.Parameter(torch.from_numpy(value.copy()).to(dtype))
