@@ -146,6 +146,11 @@ def _check_qkv(query, key, value, enable_gqa, xp):
     check_array("query", query, kind="f", xp=xp)
     check_array("key", key, xp=xp)
     check_array("value", value, xp=xp)
+    return check_qkv_shapes(query, key, value, enable_gqa)
+
+
+def check_qkv_shapes(query, key, value, enable_gqa) -> int:
+    """Dtypes and shapes of q/k/v agree (any backend's arrays); returns query heads per kv head."""
     for name, x in (("key", key), ("value", value)):
         if x.dtype != query.dtype:
             raise TypeError(f"{name} must have the dtype of query ({query.dtype}), got {x.dtype}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reference.attention import _broadcast_shape, _check_scale
+from reference.attention import _broadcast_shape, _check_scale, check_qkv_shapes
 
 from .checks import check_flag, check_probability, check_tensor
 from .dropout import dropout_scale
@@ -175,48 +175,7 @@ def _check_qkv(query, key, value, enable_gqa) -> int:
     check_tensor("query", query, kind="f")
     check_tensor("key", key)
     check_tensor("value", value)
-    for name, x in (("key", key), ("value", value)):
-        if x.dtype != query.dtype:
-            raise TypeError(f"{name} must have the dtype of query ({query.dtype}), got {x.dtype}")
-    min_ndim = 3 if enable_gqa else 2
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        if x.ndim < min_ndim:
-            want = "(..., heads, seq, dim) with enable_gqa" if enable_gqa else "(..., seq, dim)"
-            raise ValueError(f"{name} must have shape {want}, got shape {tuple(x.shape)}")
-    for name, x in (("key", key), ("value", value)):
-        if x.ndim != query.ndim:
-            raise ValueError(
-                f"{name} must have {query.ndim} dimensions (as query, shape {tuple(query.shape)}), "
-                f"got shape {tuple(x.shape)}"
-            )
-    if key.shape[-1] != query.shape[-1]:
-        raise ValueError(
-            f"key must have size {query.shape[-1]} (query's feature size E) in dimension -1, got shape {tuple(key.shape)}"
-        )
-    if value.shape[-2] != key.shape[-2]:
-        raise ValueError(
-            f"value must have size {key.shape[-2]} (key's sequence length S) in dimension -2, got shape {tuple(value.shape)}"
-        )
-    if not enable_gqa:
-        for name, x in (("key", key), ("value", value)):
-            if x.shape[:-2] != query.shape[:-2]:
-                raise ValueError(
-                    f"{name} must have leading dimensions {tuple(query.shape[:-2])} (query's), got shape {tuple(x.shape)}"
-                )
-        return 1
-    heads, kv_heads = query.shape[-3], key.shape[-3]
-    for name, x in (("key", key), ("value", value)):
-        if x.shape[:-3] != query.shape[:-3]:
-            raise ValueError(
-                f"{name} must have leading dimensions {tuple(query.shape[:-3])} (query's), got shape {tuple(x.shape)}"
-            )
-    if value.shape[-3] != kv_heads:
-        raise ValueError(f"value must have {kv_heads} heads in dimension -3 (as key), got shape {tuple(value.shape)}")
-    if kv_heads == 0 or heads % kv_heads:
-        raise ValueError(
-            f"key must have a number of heads dividing query's {heads} heads (enable_gqa), got {kv_heads}"
-        )
-    return heads // kv_heads
+    return check_qkv_shapes(query, key, value, enable_gqa)
 
 
 def _check_mask(attn_mask, target_shape: tuple):
