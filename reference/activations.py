@@ -7,20 +7,23 @@ and φ'.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 from .arrays import array_namespace, erf
 from .checks import check_array, check_choice
 from .module import Module
 
 
-class Elementwise(Module):
+class Elementwise(Module, ABC):
     """y = φ(x) elementwise;  dx = dy ⊙ φ'(x)."""
 
-    def function(self, x):  # φ
-        raise NotImplementedError(f"{type(self).__name__} must define function")
+    @abstractmethod
+    def function(self, x):
+        """φ(x), defined by each subclass."""
 
-    def derivative(self, x):  # φ'
-        raise NotImplementedError(f"{type(self).__name__} must define derivative")
+    @abstractmethod
+    def derivative(self, x):
+        """φ'(x), defined by each subclass."""
 
     def forward(self, x):
         check_array("x", x, kind="f", xp=self.xp)

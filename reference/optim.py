@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
@@ -37,7 +38,7 @@ def _check_number(name: str, value, *, minimum: float = 0.0, below: float | None
     return value
 
 
-class Optimizer:
+class Optimizer(ABC):
     """What SGD and AdamW share: the parameter list, ``lr``, per-parameter state, the state dict.
 
     ``step()`` updates every parameter whose ``grad`` is not None (a parameter that got no
@@ -59,14 +60,17 @@ class Optimizer:
         self.state = {}  # parameter index -> {state name: array or count}
         self.__dict__.update(self._check_hyperparameters(**hyperparameters))
 
+    @abstractmethod
     def _check_hyperparameters(self, **hyperparameters) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must define _check_hyperparameters")
+        """Defined by each subclass."""
 
+    @abstractmethod
     def hyperparameters(self) -> dict:
-        raise NotImplementedError(f"{type(self).__name__} must define hyperparameters")
+        """Defined by each subclass."""
 
+    @abstractmethod
     def _update(self, index: int, param: Parameter) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must define _update")
+        """Defined by each subclass."""
 
     def step(self) -> None:
         """One update of every parameter that has a gradient."""
@@ -321,7 +325,7 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0) -> float:
     return float(total)
 
 
-class LRSchedule:
+class LRSchedule(ABC):
     """A learning rate per update: ``lr_at(step)`` for step = 1, 2, ... (the step-th optimizer update).
 
     With an optimizer, construction sets ``optimizer.lr = lr_at(1)`` and each ``step()``, called
@@ -342,8 +346,9 @@ class LRSchedule:
         self.last_step = 0  # updates done so far
         self._apply()
 
+    @abstractmethod
     def lr_at(self, step: int) -> float:
-        raise NotImplementedError(f"{type(self).__name__} must define lr_at")
+        """Defined by each subclass."""
 
     @property
     def lr(self) -> float:
