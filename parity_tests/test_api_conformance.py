@@ -20,10 +20,7 @@ from parity_tests.backends import backend_params
 #: name of reference.__all__ defined in such a file is excluded (so new names there need no edit);
 #: test_exclusions_are_still_needed fails once the backend exports one of them.
 NOT_YET = {
-    "torch": {
-        f"reference.{name}": "models, decoding, loss and optimizers on torch are the next issue of accelerated.torch"
-        for name in ("transformer", "encoder_model", "language_model", "decoding", "loss", "optim")
-    },
+    "torch": {},
     "cupy": {},
 }
 

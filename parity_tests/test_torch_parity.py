@@ -49,7 +49,7 @@ def native(backend, x, dtype_name):
     """A NumPy value as the backend's tensor on its device (float arrays in dtype_name)."""
     if not isinstance(x, np.ndarray):
         return x
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = torch.from_numpy(np.ascontiguousarray(x).reshape(x.shape))  # ascontiguousarray makes 0-d arrays 1-d
     if t.is_floating_point():
         t = t.to(torch_dtype(dtype_name))
     return t.to(backend.device)

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 
-from .arrays import array_namespace
 from .checks import check_array, check_positive_int, describe
 from .kv_cache import KVCache
 from .language_model import DecoderLM
 from .transformer import Transformer, check_flag
+
+
+@dataclass(frozen=True)
+class DecodingBackend:
+    """What the decoding algorithms below need from an array backend; they are written once.
+
+    The algorithms compute with ``xp = namespace(model)`` in NumPy's spelling (``xp.argmax(x,
+    axis=-1)``, ``xp.asarray(x, dtype=...)``, indexing); NumPy and CuPy are such namespaces
+    (``model.xp``), and accelerated/torch/decoding.py gives torch one. A backend also names its
+    model and cache classes, its array check, and the context inference runs in (torch:
+    ``torch.no_grad``). ``REFERENCE`` below is this package's.
+    """
+
+    transformer: type  # the encoder-decoder model class greedy_decode and beam_search accept
+    language_model: type  # the DecoderLM class generate accepts
+    cache: type  # the KVCache class
+    namespace: Callable  # model -> xp, the array namespace decoding computes in
+    check_array: Callable  # check_array(name, x, *, ndim, kind, xp): raises TypeError / ValueError
+    no_grad: Callable = nullcontext  # a context manager that turns gradient tracking off
+
+
+REFERENCE = DecodingBackend(Transformer, DecoderLM, KVCache, namespace=lambda model: model.xp, check_array=check_array)
 
 
 def gnmt_length_penalty(length, alpha: float):
@@ -31,22 +54,27 @@ def greedy_decode(model, src, max_len, bos_id, eos_id, src_key_padding_mask=None
     src (B, S) int ids  →  tokens (B, T) int64, T <= max_len, starting with BOS.
     The model runs in eval mode (no dropout) during decoding; its modes are restored after.
     """
-    _check_model("model", model, Transformer)
+    return greedy_decode_on(REFERENCE, model, src, max_len, bos_id, eos_id, src_key_padding_mask, use_cache)
+
+
+def greedy_decode_on(backend, model, src, max_len, bos_id, eos_id, src_key_padding_mask=None, use_cache=True):
+    """greedy_decode for a model of ``backend`` (a DecodingBackend)."""
+    _check_model("model", model, backend.transformer)
     max_len = _check_max_len("max_len", max_len, model.max_len)
     bos_id = _check_token("bos_id", bos_id, model.tgt_vocab_size)
     eos_id = _check_token("eos_id", eos_id, model.tgt_vocab_size)
     check_flag("use_cache", use_cache)
-    xp = model.xp
-    with _inference(model):
+    xp = backend.namespace(model)
+    with _inference(model, backend):
         memory = model.encode(src, src_key_padding_mask)  # (B, S, d)  encoded once
         B = memory.shape[0]
         tokens = xp.full((B, 1), bos_id, dtype=xp.int64)  # (B, 1)
         finished = xp.zeros(B, dtype=bool)  # (B,)
-        cache = KVCache() if use_cache else None
+        cache = backend.cache() if use_cache else None
         for _ in range(max_len - 1):
             step = tokens[:, -1:] if use_cache else tokens  # (B, 1) new token, or (B, t) whole prefix
             logits = model.decode(step, memory, src_key_padding_mask, cache=cache)[:, -1]  # (B, V)
-            next_token = xp.argmax(logits, axis=-1).astype(xp.int64)  # (B,)
+            next_token = xp.asarray(xp.argmax(logits, axis=-1), dtype=xp.int64)  # (B,)
             next_token = xp.where(finished, eos_id, next_token)  # (B,)  finished rows: padding
             tokens = xp.concatenate([tokens, next_token[:, None]], axis=1)  # (B, t + 1)
             finished = finished | (next_token == eos_id)  # (B,)
@@ -69,14 +97,21 @@ def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty
     greedy decoding. A score of −inf marks a slot with no hypothesis (fewer than beam_size
     sequences of that length exist). The model runs in eval mode during the search.
     """
-    _check_model("model", model, Transformer)
+    return beam_search_on(REFERENCE, model, src, max_len, bos_id, eos_id, beam_size, length_penalty,
+                          src_key_padding_mask)
+
+
+def beam_search_on(backend, model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty=0.6,
+                   src_key_padding_mask=None):
+    """beam_search for a model of ``backend`` (a DecodingBackend)."""
+    _check_model("model", model, backend.transformer)
     max_len = _check_max_len("max_len", max_len, model.max_len)
     bos_id = _check_token("bos_id", bos_id, model.tgt_vocab_size)
     eos_id = _check_token("eos_id", eos_id, model.tgt_vocab_size)
     K = check_positive_int("beam_size", beam_size)
     alpha = _check_real("length_penalty", length_penalty, minimum=0.0)
-    xp, V = model.xp, model.tgt_vocab_size
-    with _inference(model):
+    xp, V = backend.namespace(model), model.tgt_vocab_size
+    with _inference(model, backend):
         memory = model.encode(src, src_key_padding_mask)  # (B, S, d)  encoded once
         B = memory.shape[0]
         rows = xp.repeat(xp.arange(B), K)  # (B·K,)  the source of each beam row
@@ -86,17 +121,17 @@ def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty
         tokens = xp.full((B, K, 1), bos_id, dtype=xp.int64)  # (B, K, 1)
         sums = xp.full((B, K), -xp.inf, dtype=xp.float64)  # (B, K)  log P of each hypothesis
         sums[:, 0] = 0.0  # one live hypothesis (BOS) per source at the start
-        lengths = xp.zeros((B, K), dtype=xp.int64)  # (B, K)  generated tokens, EOS included
+        lengths = xp.zeros((B, K), dtype=xp.float64)  # (B, K)  generated tokens, EOS included (float: lp's input)
         finished = xp.zeros((B, K), dtype=bool)  # (B, K)
-        eos_only = xp.full(V, -xp.inf)  # (V,)  a finished hypothesis may only append EOS, at cost 0
+        eos_only = xp.full(V, -xp.inf, dtype=xp.float64)  # (V,)  a finished hypothesis may only append EOS, cost 0
         eos_only[eos_id] = 0.0
-        cache = KVCache()
+        cache = backend.cache()
         for _ in range(max_len - 1):
             if bool(xp.all(finished | (sums == -xp.inf))):
                 break
             logits = model.decode(tokens[:, :, -1].reshape(B * K, 1), memory, memory_mask,
                                   cache=cache)[:, -1]  # (B·K, V)
-            log_probs = _log_softmax(logits.astype(xp.float64)).reshape(B, K, V)  # (B, K, V)
+            log_probs = _log_softmax(xp.asarray(logits, dtype=xp.float64), xp).reshape(B, K, V)  # (B, K, V)
             log_probs = xp.where(finished[..., None], eos_only, log_probs)  # (B, K, V)
             cand_sums = sums[..., None] + log_probs  # (B, K, V)  log P of every extension
             cand_lengths = lengths + ~finished  # (B, K)  a finished hypothesis does not grow
@@ -125,9 +160,15 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=
     prompt (B, P) int ids  →  tokens (B, P + n) int64, n <= max_new_tokens, prompt included.
     The model runs in eval mode (no dropout) during generation; its modes are restored after.
     """
-    _check_model("model", model, DecoderLM)
-    xp = model.xp
-    check_array("prompt", prompt, ndim=2, kind="iu", xp=xp)
+    return generate_on(REFERENCE, model, prompt, max_new_tokens, temperature, top_k, eos_id, seed, use_cache)
+
+
+def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None,
+                use_cache=True):
+    """generate for a model of ``backend`` (a DecodingBackend)."""
+    _check_model("model", model, backend.language_model)
+    xp = backend.namespace(model)
+    backend.check_array("prompt", prompt, ndim=2, kind="iu", xp=xp)
     if prompt.shape[1] < 1:
         raise ValueError(f"prompt must hold at least one token per row, got shape {tuple(prompt.shape)}")
     max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
@@ -147,11 +188,11 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=
         raise TypeError(f"seed must be an int or None, got {describe(seed)}")
     check_flag("use_cache", use_cache)
     rng = np.random.default_rng(seed)
-    with _inference(model):
-        tokens = prompt.astype(xp.int64)  # (B, P)
+    with _inference(model, backend):
+        tokens = xp.asarray(prompt, dtype=xp.int64)  # (B, P)
         B = tokens.shape[0]
         finished = xp.zeros(B, dtype=bool)  # (B,)
-        cache = KVCache() if use_cache else None
+        cache = backend.cache() if use_cache else None
         step = tokens  # the first step feeds the whole prompt
         for _ in range(max_new_tokens):
             logits = model(step, cache=cache)[:, -1]  # (B, V)  the next token's logits
@@ -172,32 +213,32 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=
 def _pick(logits, temperature, top_k, rng, xp):
     """The next token of each row: argmax (temperature 0) or a sample of softmax(logits / T) over the top k."""
     if temperature == 0.0:
-        return xp.argmax(logits, axis=-1).astype(xp.int64)  # (B,)
-    scaled = logits.astype(xp.float64) / temperature  # (B, V)
+        return xp.asarray(xp.argmax(logits, axis=-1), dtype=xp.int64)  # (B,)
+    scaled = xp.asarray(logits, dtype=xp.float64) / temperature  # (B, V)
     if top_k is not None:  # keep exactly the k largest (ties: the lower id first, as argmax)
         rank = xp.argsort(xp.argsort(-scaled, axis=-1, kind="stable"), axis=-1, kind="stable")  # (B, V)
         scaled = xp.where(rank < top_k, scaled, -xp.inf)  # (B, V)
-    probs = xp.exp(_log_softmax(scaled))  # (B, V)  0 outside the top k
+    probs = xp.exp(_log_softmax(scaled, xp))  # (B, V)  0 outside the top k
     cdf = xp.cumsum(probs, axis=-1)  # (B, V)  non-decreasing, ends at ≈ 1
     u = xp.asarray(rng.random(probs.shape[0])) * cdf[:, -1]  # (B,)  uniform in [0, total)
     index = xp.sum(cdf <= u[:, None], axis=-1)  # (B,)  first v with cdf[v] > u
-    return xp.minimum(index, probs.shape[-1] - 1).astype(xp.int64)  # (B,)
+    return xp.asarray(xp.minimum(index, probs.shape[-1] - 1), dtype=xp.int64)  # (B,)
 
 
-def _log_softmax(x):
+def _log_softmax(x, xp):
     """log softmax over the last axis; −inf entries stay −inf."""
-    xp = array_namespace(x)
     shifted = x - xp.max(x, axis=-1, keepdims=True)  # (..., V)  <= 0
     return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))  # (..., V)
 
 
 @contextmanager
-def _inference(model):
-    """Run with every module in eval mode (no dropout), then restore each module's mode."""
+def _inference(model, backend):
+    """Run with every module in eval mode (no dropout) and no gradient tracking, then restore each module's mode."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield
+        with backend.no_grad():
+            yield
     finally:
         for m, mode in modes:
             object.__setattr__(m, "training", mode)

@@ -295,6 +295,18 @@ def _vector_norm(x, norm_type: float):
     return xp.sum(magnitude**norm_type) ** (1.0 / norm_type)
 
 
+def _check_norm_type(name: str, norm_type) -> float:
+    """A p-norm's p: a positive number, or inf (also spelled "inf")."""
+    if isinstance(norm_type, str) and norm_type == "inf":
+        norm_type = math.inf
+    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a positive float or inf, got {describe(norm_type)}")
+    norm_type = float(norm_type)
+    if not norm_type > 0:
+        raise ValueError(f"{name} must be a positive float or inf, got {norm_type}")
+    return norm_type
+
+
 def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0) -> float:
     r"""Scale every gradient in place so that their joint norm is at most max_norm (torch's rule).
 
@@ -307,13 +319,7 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0) -> float:
     """
     params = [params] if isinstance(params, Parameter) else _unique_parameters(params)
     max_norm = _check_number("max_norm", max_norm)
-    if isinstance(norm_type, str) and norm_type == "inf":
-        norm_type = math.inf
-    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float, np.integer, np.floating)):
-        raise TypeError(f"norm_type must be a positive float or inf, got {describe(norm_type)}")
-    norm_type = float(norm_type)
-    if not norm_type > 0:
-        raise ValueError(f"norm_type must be a positive float or inf, got {norm_type}")
+    norm_type = _check_norm_type("norm_type", norm_type)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -268,7 +269,8 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
 
     BLAS runs on config["threads"] threads (default 1): OpenBLAS's default of one thread per
     core makes this model's many small matrix products about 20 times slower on a busy 2-core
-    machine (docs/training.md, "Where the time went").
+    machine (docs/training.md, "Where the time went"). The torch backend's own thread pool is
+    held to the same count for the run.
     """
     from threadpoolctl import threadpool_limits
 
@@ -285,7 +287,7 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
     result = TrainResult(config=config, backend=backend, num_parameters=sum(int(np.prod(p.shape))
                                                                             for p in model.parameters()))
 
-    with threadpool_limits(limits=config["threads"], user_api="blas"):
+    with threadpool_limits(limits=config["threads"], user_api="blas"), _backend_threads(backend, config["threads"]):
         model.train()
         bar = _progress_bar(config["steps"], progress)
         train_start = time.perf_counter()
@@ -324,6 +326,22 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
     if out_dir is not None:
         (Path(out_dir) / "run.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
     return result
+
+
+@contextmanager
+def _backend_threads(backend: str, threads: int):
+    """torch computes on its own thread pool, not BLAS's: hold it to ``threads`` for the run, then restore it."""
+    if backend != "torch":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_outputs(out_dir: Path, model, task: SyntheticTask, result: TrainResult) -> dict:
