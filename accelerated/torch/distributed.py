@@ -1,0 +1,304 @@
+"""Data-parallel training under torchrun: process group from the environment, DDP, batch shards, reduced metrics.
+
+    torchrun --nproc_per_node=N train.py          # every rank runs the same script
+
+    from accelerated.torch.distributed import setup_distributed
+    with setup_distributed() as dist:              # gloo on CPU, nccl on CUDA; world of 1 without torchrun
+        ddp = dist.wrap(model)                     # DistributedDataParallel (the model itself when alone)
+        for step in range(steps):
+            src, tgt = dist.shard(*global_batch(step))      # this rank's rows of the same global batch
+            loss = loss_fn(ddp(src), tgt)                   # mean over this rank's counted positions
+            optimizer.zero_grad()
+            dist.backward(loss, count)                      # weighted so DDP's average is the global mean
+            optimizer.step()
+            mean_loss = dist.reduce_mean(loss, weight=count)   # the global batch's loss (a float)
+        if dist.is_main:
+            save(...)                              # one rank writes files
+
+Every rank draws the same global batch (same seed) and takes a contiguous slice of its rows,
+so N ranks see exactly the batch one process would. DDP averages gradients over ranks; a rank
+whose loss is a mean over ``count`` positions (tokens that are not padding) weighs it by
+N·count / Σcount first, which makes the average the gradient of the global batch's mean loss,
+however unevenly the counted positions fall. With dropout off, N ranks then take the same
+steps as one process up to floating-point summation order (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel
+
+from reference.module import child_seed
+
+from .arrays import asarray
+from .checks import check_choice, describe
+
+#: the process-group backends this helper sets up: gloo (CPU, and CUDA tensors), nccl (CUDA)
+PROCESS_GROUP_BACKENDS = ("gloo", "nccl")
+
+
+def shard_bounds(batch_size: int, rank: int, world_size: int) -> tuple:
+    """The rows [start, stop) of a global batch that ``rank`` takes: contiguous, in rank order.
+
+    Sizes differ by at most one: the first batch_size mod world_size ranks take one row more.
+    Every rank needs a row, so batch_size must be at least world_size.
+    """
+    for name, value in (("batch_size", batch_size), ("rank", rank), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, {world_size}) (the world size), got {rank}")
+    if batch_size < world_size:
+        raise ValueError(f"batch_size must be at least the world size {world_size} (a row per rank), "
+                         f"got {batch_size}")
+    base, extra = divmod(int(batch_size), int(world_size))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class DistributedContext:
+    """One process's place in a data-parallel run; a world of one (every method a no-op) without torchrun.
+
+    rank, world_size, local_rank, device, backend (the process group's; None alone), enabled.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, device="cpu", backend=None,
+                 *, owns_group: bool = False):
+        self.rank, self.world_size, self.local_rank = int(rank), int(world_size), int(local_rank)
+        self.device = torch.device(device)
+        self.backend = backend
+        self._owns_group = owns_group
+
+    @property
+    def enabled(self) -> bool:
+        """A process group is up (launched by torchrun, or one set up before)."""
+        return self.backend is not None and torch_dist.is_available() and torch_dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one rank that prints progress and writes files."""
+        return self.rank == 0
+
+    # ---- the model ----------------------------------------------------------------------------
+
+    def wrap(self, model, **ddp_options):
+        """``model`` on this rank's device, in DistributedDataParallel when the world is larger than one.
+
+        DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts
+        equal. Train with the wrapper's forward and ``backward(loss, count)`` (autograd):
+        the all-reduce runs in autograd's hooks, which Rosetta's ``module.backward(dy)``
+        (torch.autograd.grad underneath) does not fire. Keep the unwrapped model for
+        evaluation, decoding and checkpoints (its state-dict keys have no "module." prefix).
+        """
+        model = model.to(self.device)
+        if not self.enabled:
+            return model
+        if self.device.type == "cuda":
+            ddp_options.setdefault("device_ids", [self.device.index])
+            ddp_options.setdefault("output_device", self.device.index)
+        return DistributedDataParallel(model, **ddp_options)
+
+    @staticmethod
+    def unwrap(model):
+        """The module inside a DistributedDataParallel wrapper (anything else as it is)."""
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+    def seed_dropout(self, model, seed: int) -> None:
+        """Give every rank its own dropout masks: each seeded module is reseeded from (seed, rank, its name).
+
+        Rosetta's Dropout and attention modules draw from their own generators, built from the
+        model's seed, so without this every rank would drop the same positions of its rows.
+        torch's global generator (modules built with seed=None) is reseeded from (seed, rank) too.
+        """
+        torch.manual_seed(child_seed(seed, f"rank{self.rank}"))
+        for name, module in self.unwrap(model).named_modules():
+            if callable(getattr(module, "manual_seed", None)):
+                module.manual_seed(child_seed(seed, f"rank{self.rank}.{name}"))
+
+    # ---- the data -----------------------------------------------------------------------------
+
+    def shard(self, *arrays):
+        """This rank's rows of each array (same first dimension), as tensors on this rank's device.
+
+        NumPy, torch or CuPy arrays; None passes through. One array gives one tensor, several a tuple.
+        """
+        if not arrays:
+            raise TypeError("shard() needs at least one array, got none")
+        sizes = set()
+        for i, a in enumerate(arrays):
+            if a is None:
+                continue
+            if not hasattr(a, "shape"):
+                raise TypeError(f"arrays[{i}] must be a NumPy, torch or CuPy array, got {describe(a)}")
+            if len(a.shape) == 0:
+                raise ValueError(f"arrays[{i}] must have a batch dimension to shard along (dimension 0), "
+                                 f"got a 0-d array")
+            sizes.add(int(a.shape[0]))
+        if len(sizes) > 1:
+            raise ValueError(f"arrays must share their batch size (dimension 0), got sizes {sorted(sizes)}")
+        if not sizes:
+            return arrays[0] if len(arrays) == 1 else arrays
+        start, stop = shard_bounds(sizes.pop(), self.rank, self.world_size)
+        out = tuple(None if a is None else asarray(a)[start:stop].to(self.device) for a in arrays)
+        return out[0] if len(out) == 1 else out
+
+    # ---- gradients and metrics ----------------------------------------------------------------
+
+    def _all_reduce_sum(self, values) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if not self.enabled:
+            return values
+        tensor = torch.as_tensor(values, dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        return tensor.cpu().numpy()
+
+    def loss_weight(self, count) -> float:
+        """N·count / Σ_ranks count: what this rank's mean loss is multiplied by before backward.
+
+        count: the number of positions this rank's loss averages over (e.g. target tokens that
+        are not padding). DDP then averages the N gradients into the global batch's one. 1.0
+        in a world of one; 0.0 when no rank counts anything.
+        """
+        count = _check_count("count", count)
+        if not self.enabled:
+            return 1.0
+        total = float(self._all_reduce_sum([count])[0])
+        return self.world_size * count / total if total > 0 else 0.0
+
+    def backward(self, loss, count=1) -> None:
+        """``(loss · loss_weight(count)).backward()``: the global batch's gradient in every ``param.grad``."""
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise TypeError(f"loss must be a 0-d torch.Tensor, got {describe(loss)}")
+        weight = self.loss_weight(count)
+        (loss * weight if weight != 1.0 else loss).backward()
+
+    def reduce_sum(self, value):
+        """The sum over ranks of a number (or one-element tensor), or of each entry of a dict, as Python floats."""
+        if isinstance(value, dict):
+            keys = list(value)
+            return dict(zip(keys, self._all_reduce_sum([_number(value[k]) for k in keys]).tolist()))
+        return float(self._all_reduce_sum([_number(value)])[0])
+
+    def reduce_mean(self, value, weight=1.0):
+        """Σ_r weight_r·value_r / Σ_r weight_r over ranks (each entry of a dict); weight=count: the global mean."""
+        weight = _check_count("weight", weight)
+        if isinstance(value, dict):
+            keys = list(value)
+            sums = self._all_reduce_sum([weight * _number(value[k]) for k in keys] + [weight])
+            total = sums[-1]
+            return {k: (float(s / total) if total > 0 else float("nan")) for k, s in zip(keys, sums[:-1])}
+        weighted, total = self._all_reduce_sum([weight * _number(value), weight])
+        return float(weighted / total) if total > 0 else float("nan")
+
+    def barrier(self) -> None:
+        """Wait for every rank (e.g. before reading a file rank 0 wrote)."""
+        if self.enabled:
+            torch_dist.barrier()
+
+    # ---- the end ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tear down the process group this context set up (one set up before is left alone)."""
+        if self._owns_group and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+        self._owns_group = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return (f"DistributedContext(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank}, "
+                f"device={str(self.device)!r}, backend={self.backend!r})")
+
+
+def _number(value) -> float:
+    """A Python float from a number or a one-element tensor (detached: a metric, not part of the graph)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+    return float(value)
+
+
+def _check_count(name: str, value) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def _env_int(name: str, default=None) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        if default is None:
+            raise ValueError(f"environment variable {name} must be set when WORLD_SIZE is (torchrun sets both), "
+                             f"got it unset")
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {text!r}") from None
+
+
+def setup_distributed(backend: str | None = None, device=None, *, timeout_s: float | None = None):
+    """This process's DistributedContext, from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
+
+    Without WORLD_SIZE (a plain ``python`` run) the context is a world of one, unless a process
+    group is already up, which is then used. device: default cuda:LOCAL_RANK when CUDA is
+    available, else cpu. backend: default nccl on CUDA (when built in), else gloo.
+    timeout_s: how long a collective waits for the other ranks (torch's default: 10 minutes).
+    """
+    if "WORLD_SIZE" not in os.environ:
+        if torch_dist.is_available() and torch_dist.is_initialized():  # set up by the caller
+            local_rank = _env_int("LOCAL_RANK", 0)
+            group_device = torch.device(device) if device is not None else _default_device(local_rank)
+            return DistributedContext(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, group_device,
+                                      torch_dist.get_backend())
+        return DistributedContext(device=device if device is not None else "cpu")
+    world_size = _env_int("WORLD_SIZE")
+    rank = _env_int("RANK")
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"environment variables RANK and WORLD_SIZE must satisfy 0 <= RANK < WORLD_SIZE, "
+                         f"got RANK={rank}, WORLD_SIZE={world_size}")
+    if not torch_dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this torch build, so WORLD_SIZE="
+                           f"{world_size} cannot be honoured: run one process or install a torch with distributed")
+    device = _default_device(local_rank) if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    if backend is None:
+        backend = "nccl" if device.type == "cuda" and torch_dist.is_nccl_available() else "gloo"
+    check_choice("backend", backend, set(PROCESS_GROUP_BACKENDS))
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"backend 'nccl' needs a CUDA device, got device {str(device)!r}")
+    if backend == "gloo" and not torch_dist.is_gloo_available():
+        raise RuntimeError("backend 'gloo' is not built into this torch")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    owns = False
+    if not torch_dist.is_initialized():
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise ValueError(f"environment variable {name} must be set when WORLD_SIZE is (torchrun sets it), "
+                                 f"got it unset")
+        options = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=float(timeout_s))}
+        torch_dist.init_process_group(backend, rank=rank, world_size=world_size, **options)
+        owns = True
+    return DistributedContext(rank, world_size, local_rank, device, backend, owns_group=owns)
+
+
+def _default_device(local_rank: int) -> torch.device:
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
