@@ -149,3 +149,30 @@ def test_bad_input_raises_and_names_it(alone, monkeypatch):
         setup_distributed(backend="nccl", device="cpu")
     with pytest.raises(ValueError, match="MASTER_ADDR"):
         setup_distributed(backend="gloo", device="cpu")
+
+
+@pytest.mark.skipif(not (torch_dist.is_available() and torch_dist.is_gloo_available()),
+                    reason="torch.distributed with the gloo backend is not available in this torch build")
+def test_rosetta_train_under_torchrun_matches_one_process(tmp_path, alone):
+    """`rosetta train --backend torch` under torchrun: 2 ranks take the steps of one process."""
+    from reference.checkpoint import load_checkpoint
+
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    train_args = ["-m", "reference.cli", "train", "--task", "reverse", "--backend", "torch", "--config", "tiny",
+                  "dtype=float64", "--steps", "15", "--quiet"]
+    runs = {
+        "two": [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                "--master_addr=127.0.0.1", f"--master_port={free_port()}"] + train_args,
+        "one": [sys.executable] + train_args,
+    }
+    states = {}
+    for name, command in runs.items():
+        out = tmp_path / name
+        run = subprocess.run(command + ["--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=180, check=False)
+        assert run.returncode == 0, f"{name} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+        states[name] = load_checkpoint(out / "model.safetensors")[0].state_dict()
+    assert "2 processes" not in run.stdout  # the single run reports no world
+    for key, value in states["one"].items():
+        assert_close(states["two"][key], value, np.float64, f"{key} after 2-rank vs 1-process training")

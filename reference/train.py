@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import math
 import sys
 import time
@@ -245,6 +246,7 @@ class TrainResult:
     total_seconds: float = 0.0
     target_tokens: int = 0
     num_parameters: int = 0
+    world_size: int = 1  # processes under torchrun (torch backend)
     files: dict = field(default_factory=dict)
 
     @property
@@ -287,23 +289,36 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
     result = TrainResult(config=config, backend=backend, num_parameters=sum(int(np.prod(p.shape))
                                                                             for p in model.parameters()))
 
+    dist = _distributed(backend)  # torch: DDP under torchrun, a world of one otherwise
+    step_model = dist.wrap(model) if dist else model
+    if dist and dist.enabled:
+        dist.seed_dropout(model, config["seed"])
+    is_main = dist is None or dist.is_main
+
     with threadpool_limits(limits=config["threads"], user_api="blas"), _backend_threads(backend, config["threads"]):
         model.train()
-        bar = _progress_bar(config["steps"], progress)
+        bar = _progress_bar(config["steps"], progress and is_main)
         train_start = time.perf_counter()
         for _ in range(config["steps"]):
             batch = task.train_batch(config["batch_size"])
             lr = schedule.lr
-            mask = rt.asarray(batch.src_key_padding_mask)
-            logits = model(rt.asarray(batch.src), rt.asarray(batch.tgt_in), src_key_padding_mask=mask,
-                           memory_key_padding_mask=mask)  # (B, T, V)
-            loss = loss_fn(logits, rt.asarray(batch.tgt_out))  # ()
+            arrays = (batch.src, batch.tgt_in, batch.tgt_out, batch.src_key_padding_mask)
+            # under DDP each rank takes its rows of the same global batch
+            src, tgt_in, tgt_out, mask = dist.shard(*arrays) if dist else (rt.asarray(a) for a in arrays)
+            logits = step_model(src, tgt_in, src_key_padding_mask=mask, memory_key_padding_mask=mask)  # (B, T, V)
+            loss = loss_fn(logits, tgt_out)  # ()
             optimizer.zero_grad()
-            model.backward(loss_fn.backward()[0])  # fills every parameter's grad
+            if dist:  # autograd, so DDP's all-reduce hooks fire; weighted to the global batch's mean
+                count = int((tgt_out != PAD).sum())
+                dist.backward(loss, count)
+                loss_value = dist.reduce_mean(float(loss.detach()), weight=count)
+            else:
+                model.backward(loss_fn.backward()[0])  # fills every parameter's grad
+                loss_value = float(rt.to_numpy(loss))
             rt.clip_grad_norm_(model.parameters(), config["clip_norm"])
             optimizer.step()
             schedule.step()
-            result.losses.append(float(rt.to_numpy(loss)))
+            result.losses.append(loss_value)
             result.learning_rates.append(lr)
             result.target_tokens += batch.num_target_tokens
             elapsed = time.perf_counter() - train_start
@@ -320,12 +335,24 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
         result.teacher_forced_exact_match = teacher_forced_exact_match(model, task, config["eval_batch_size"], rt)
         result.eval_seconds = time.perf_counter() - eval_start
 
-    if out_dir is not None:
+    if dist:
+        result.world_size = dist.world_size
+        dist.close()
+    if out_dir is not None and is_main:  # one rank writes
         result.files = write_outputs(Path(out_dir), model, task, result)
     result.total_seconds = time.perf_counter() - start
-    if out_dir is not None:
+    if out_dir is not None and is_main:
         (Path(out_dir) / "run.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
     return result
+
+
+def _distributed(backend: str):
+    """The torch backend trains through accelerated.torch.distributed (DDP under torchrun)."""
+    if backend != "torch":
+        return None
+    from accelerated.torch.distributed import setup_distributed
+
+    return setup_distributed()
 
 
 @contextmanager
@@ -546,7 +573,9 @@ def run_train(args) -> int:
     except (BackendUnavailable, TypeError, ValueError) as error:
         return _error("train", error)
     out = args.out if args.out is not None else f"runs/{config['task']}"
-    print(f"task {config['task']} ({config['min_len']}..{config['max_len']} symbols of {config['num_symbols']}), "
+    # under torchrun only rank 0 reports (torchrun sets RANK)
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *args, **kwargs: None)
+    say(f"task {config['task']} ({config['min_len']}..{config['max_len']} symbols of {config['num_symbols']}), "
           f"backend {args.backend}: d_model={config['d_model']}, heads={config['num_heads']}, d_ff={config['d_ff']}, "
           f"layers={config['num_encoder_layers']}+{config['num_decoder_layers']}, batch={config['batch_size']}, "
           f"steps={config['steps']}, lr={config['lr']:g} ({config['schedule']}, warm-up {config['warmup_steps']})",
@@ -555,12 +584,13 @@ def run_train(args) -> int:
         result = train(config, backend=args.backend, out_dir=out, progress=not args.quiet)
     except (BackendUnavailable, TypeError, ValueError) as error:
         return _error("train", error)
-    print(f"{result.num_parameters:,} parameters, final loss {result.losses[-1]:.4f}")
-    print(f"held-out exact match (greedy decoding, {result.heldout_sequences} sequences of length "
+    say(f"{result.num_parameters:,} parameters, final loss {result.losses[-1]:.4f}")
+    say(f"held-out exact match (greedy decoding, {result.heldout_sequences} sequences of length "
           f"{config['min_len']}..{config['max_len']}): {result.exact_match:.2%}")
-    print(f"time: train {result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} target tokens/s), "
-          f"evaluation {result.eval_seconds:.1f} s, total {result.total_seconds:.1f} s")
-    print("wrote " + ", ".join(result.files.values()))
+    say(f"time: train {result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} target tokens/s), "
+        f"evaluation {result.eval_seconds:.1f} s, total {result.total_seconds:.1f} s"
+        + (f", {result.world_size} processes" if result.world_size > 1 else ""))
+    say("wrote " + ", ".join(result.files.values()))
     return 0
 
 
