@@ -3,6 +3,10 @@
 Importing it checks what it needs and raises ImportError naming what is missing: the CuPy
 package (``pip install 'rosetta-transformer[cuda12]'`` or ``[cuda13]``, matching the CUDA
 driver) or a CUDA device.
+
+With both present, every name of ``reference.__all__`` is here: the reference's classes derived
+with ``xp = cupy`` (backend.py), the norms, cross-entropy, AdamW and attention on fused kernels
+(kernels/*.cu, flash_attention_kernels.py). See docs/backends.md.
 """
 
 
@@ -28,9 +32,12 @@ _missing = _requirements_error()
 if _missing is not None:
     raise ImportError(_missing)
 
-# CuPy and a device are present: the layers themselves are the CuPy backend's own issue and
-# land there; until then the package says so instead of importing half an API.
-raise ImportError(
-    "accelerated.cupy: CuPy and a CUDA device are present, but the CuPy layers are not in this "
-    "version of rosetta-transformer yet; use accelerated.torch or reference"
-)
+# CuPy and a device are present: the namespace is the reference's classes with xp = cupy
+# (backend.py), fused kernels where they pay.
+import cupy as _cupy  # noqa: E402
+
+from .backend import make_namespace as _make_namespace  # noqa: E402
+
+_namespace = _make_namespace(_cupy, __name__)
+__all__ = list(_namespace.__all__)
+globals().update({name: getattr(_namespace, name) for name in __all__})

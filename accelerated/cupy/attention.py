@@ -1,0 +1,143 @@
+"""Attention on CuPy: the route from ScaledDotProductAttention to the fused flash-attention kernels.
+
+The hook (the only place the CuPy backend's attention differs from the reference):
+
+    ScaledDotProductAttention.forward takes the fused kernel when ALL of these hold
+      - the arrays are CuPy arrays of float32, float16 or bfloat16, shaped (B, H, L, E) / (B, H(kv), S, E)
+      - the mask is causal (is_causal=True, top-left aligned) and/or key-padding only: attn_mask None,
+        or boolean / additive-{0, −inf} with shape broadcastable to (B, 1, 1, S) (same for every query
+        and head)
+      - no attention dropout in this forward (dropout_p = 0 or eval mode)
+      - the weights are not requested (MultiHeadAttention(need_weights=False); the module flag
+        ``fused_allowed`` is False while a need_weights=True forward runs)
+      - flash_attention_kernels.py is present (it defines the launchers below)
+    and otherwise runs the reference's code (materialized scores): arbitrary float masks, per-query
+    masks (sliding window, block-local, cache offsets), dropout and need_weights all work there.
+
+The launchers it calls, in accelerated/cupy/flash_attention_kernels.py:
+
+    flash_attention_forward(q, k, v, *, scale, causal, key_valid) -> (out, lse)
+        q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev): contiguous, one dtype; key_valid: None or bool (B, S)
+        out (B, H, L, Ev) in q's dtype; lse (B, H, L) float32; a row with no allowed key gives out = 0
+    flash_attention_backward(q, k, v, out, lse, d_out, *, scale, causal, key_valid) -> (dq, dk, dv)
+        gradients in q's dtype; 0 for fully masked rows
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from reference.attention import _check_mask, _check_qkv, _check_scale
+
+FLASH_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def flash_kernels():
+    """The flash-attention launcher module, or None when it is not (yet) part of this install."""
+    try:
+        return importlib.import_module(f"{__package__}.flash_attention_kernels")
+    except ModuleNotFoundError as error:
+        if error.name and error.name.endswith("flash_attention_kernels"):
+            return None
+        raise
+
+
+def key_padding_only(attn_mask, xp, B, H, L, S):
+    """key_valid (B, S) bool when attn_mask only blocks whole keys per batch row, else None (→ fallback).
+
+    attn_mask: boolean (True = may attend) or additive float with entries 0 / −inf, broadcastable
+    to (B, H, L, S) and constant over heads and queries.
+    """
+    if attn_mask.ndim > 4 or any(attn_mask.shape[axis] != 1 for axis in (-2, -3) if attn_mask.ndim >= -axis):
+        return None
+    if attn_mask.dtype.kind == "b":
+        allowed = attn_mask
+    else:
+        allowed = attn_mask == 0
+        if not bool(xp.all(allowed | (attn_mask == -xp.inf))):  # other additive values: fallback
+            return None
+    return xp.ascontiguousarray(xp.broadcast_to(allowed, (B, 1, 1, S)).reshape(B, S))
+
+
+class FlashScaledDotProductAttention:
+    """Mixin for ScaledDotProductAttention: the fused flash-attention kernel where the hook allows it."""
+
+    #: False while a MultiHeadAttention forward with need_weights=True runs (weights need the full P)
+    fused_allowed = True
+
+    def forward(self, query, key, value, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
+        plan = self._flash_plan(query, key, value, attn_mask, is_causal, scale, enable_gqa)
+        if plan is None:
+            return super().forward(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                   enable_gqa=enable_gqa)
+        fk, scale, group, key_valid = plan
+        xp = self.xp
+        k = xp.repeat(key, group, axis=-3) if group > 1 else key  # (B, H, S, E)
+        v = xp.repeat(value, group, axis=-3) if group > 1 else value  # (B, H, S, Ev)
+        q, k, v = (xp.ascontiguousarray(a) for a in (query, k, v))
+        out, lse = fk.flash_attention_forward(q, k, v, scale=scale, causal=bool(is_causal), key_valid=key_valid)
+        self.save_for_backward(fused=True, query=q, k=k, v=v, out=out, lse=lse, scale=scale, causal=bool(is_causal),
+                               key_valid=key_valid, group=group, key_shape=key.shape, value_shape=value.shape)
+        return out
+
+    def backward(self, grad_output):
+        saved = self.saved()
+        if not saved.get("fused"):
+            return super().backward(grad_output)
+        q, k, v = saved["query"], saved["k"], saved["v"]
+        d_out = self.check_grad_output(grad_output, q.shape[:-1] + (v.shape[-1],))
+        dq, dk, dv = flash_kernels().flash_attention_backward(
+            q, k, v, saved["out"], saved["lse"], self.xp.ascontiguousarray(d_out), scale=saved["scale"],
+            causal=saved["causal"], key_valid=saved["key_valid"])
+        group = saved["group"]
+        if group > 1:  # ← from the repeat of kv heads: sum over the query heads sharing one
+            dk = dk.reshape(saved["key_shape"][:-3] + (-1, group) + dk.shape[-2:]).sum(axis=-3)
+            dv = dv.reshape(saved["value_shape"][:-3] + (-1, group) + dv.shape[-2:]).sum(axis=-3)
+        return dq, dk, dv
+
+    @property
+    def attention_weights(self):
+        saved = self.saved()
+        if saved.get("fused"):
+            raise ValueError("attention_weights: the last forward ran the fused kernel, which never forms P; "
+                             "expected a forward with need_weights=True (MultiHeadAttention) to read them")
+        return saved["probs"]
+
+    def _flash_plan(self, query, key, value, attn_mask, is_causal, scale, enable_gqa):
+        """(launchers, scale, group, key_valid) when the fused kernel applies, else None."""
+        xp = self.xp
+        if xp.__name__ != "cupy" or not self.fused_allowed or (self.training and self.dropout_p > 0.0):
+            return None
+        if not all(isinstance(a, xp.ndarray) for a in (query, key, value)) or query.ndim != 4:
+            return None
+        if str(query.dtype) not in FLASH_DTYPES or not isinstance(is_causal, (bool, np.bool_)):
+            return None
+        fk = flash_kernels()
+        if fk is None:
+            return None
+        group = _check_qkv(query, key, value, enable_gqa, xp)  # bad input raises the reference's errors
+        scale = _check_scale(scale, query.shape[-1])
+        B, H, L, _ = query.shape
+        S = key.shape[-2]
+        key_valid = None
+        if attn_mask is not None:
+            _check_mask(attn_mask, query.shape[:-2] + (L, S), xp)
+            key_valid = key_padding_only(attn_mask, xp, B, H, L, S)
+            if key_valid is None:
+                return None
+        return fk, scale, group, key_valid
+
+
+class FlashMultiHeadAttention:
+    """Mixin for MultiHeadAttention: need_weights=True keeps its attention on the reference path."""
+
+    def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
+                need_weights=False, is_causal=False, cache=None):
+        self.attention.fused_allowed = not need_weights
+        try:
+            return super().forward(query, key, value, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, is_causal=is_causal, cache=cache)
+        finally:
+            self.attention.fused_allowed = True

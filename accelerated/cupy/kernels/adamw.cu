@@ -1,0 +1,59 @@
+// Fused AdamW step (torch.optim.AdamW's update rule) over a flat list of parameters in one launch.
+// NVRTC-compatible. For T in {f32, f16, bf16} (parameter, gradient and both moments in T, math in fp32):
+//   adamw_step_T(params, grads, exp_avgs, exp_avg_sqs, chunk_tensor, chunk_start, sizes,
+//                step_size, bias2_sqrt, chunk_size, lr, beta1, beta2, eps, weight_decay)
+//   params, grads, exp_avgs, exp_avg_sqs: (tensors,) uint64 device pointers; sizes (tensors,) int64
+//   chunk_tensor (blocks,) int32 and chunk_start (blocks,) int64: block b updates entries
+//       [chunk_start[b], chunk_start[b] + chunk_size) of tensor chunk_tensor[b]
+//   step_size (tensors,) float32 = lr / (1 − β₁ᵗ);  bias2_sqrt (tensors,) float32 = √(1 − β₂ᵗ)
+//   θ ← θ(1 − ηλ);  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;  θ ← θ − step_size · m / (√v / bias2_sqrt + ε)
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+__device__ __forceinline__ float load_f(float v) { return v; }
+__device__ __forceinline__ float load_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float load_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T store_f(float v);
+template <> __device__ __forceinline__ float store_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half store_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 store_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T>
+__device__ void adamw_step(const unsigned long long* __restrict__ params, const unsigned long long* __restrict__ grads,
+                           const unsigned long long* __restrict__ exp_avgs,
+                           const unsigned long long* __restrict__ exp_avg_sqs, const int* __restrict__ chunk_tensor,
+                           const long long* __restrict__ chunk_start, const long long* __restrict__ sizes,
+                           const float* __restrict__ step_size, const float* __restrict__ bias2_sqrt,
+                           int chunk_size, float lr, float beta1, float beta2, float eps, float weight_decay) {
+    const int t = chunk_tensor[blockIdx.x];
+    const long long start = chunk_start[blockIdx.x];
+    const long long end = min(start + (long long)chunk_size, sizes[t]);
+    T* p = reinterpret_cast<T*>(params[t]);
+    const T* g = reinterpret_cast<const T*>(grads[t]);
+    T* m = reinterpret_cast<T*>(exp_avgs[t]);
+    T* v = reinterpret_cast<T*>(exp_avg_sqs[t]);
+    const float decay = 1.0f - lr * weight_decay, alpha = step_size[t], b2 = bias2_sqrt[t];
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const float gi = load_f(g[i]);
+        const float theta = load_f(p[i]) * decay;                       // θ(1 − ηλ)
+        const float mi = beta1 * load_f(m[i]) + (1.0f - beta1) * gi;   // first moment
+        const float vi = beta2 * load_f(v[i]) + (1.0f - beta2) * gi * gi;  // second moment
+        m[i] = store_f<T>(mi);
+        v[i] = store_f<T>(vi);
+        p[i] = store_f<T>(theta - alpha * mi / (sqrtf(vi) / b2 + eps));
+    }
+}
+
+#define ADAMW_ENTRY_POINT(T, SUFFIX)                                                                          \
+    extern "C" __global__ void adamw_step_##SUFFIX(                                                            \
+        const unsigned long long* params, const unsigned long long* grads, const unsigned long long* exp_avgs, \
+        const unsigned long long* exp_avg_sqs, const int* chunk_tensor, const long long* chunk_start,          \
+        const long long* sizes, const float* step_size, const float* bias2_sqrt, int chunk_size, float lr,     \
+        float beta1, float beta2, float eps, float weight_decay) {                                             \
+        adamw_step<T>(params, grads, exp_avgs, exp_avg_sqs, chunk_tensor, chunk_start, sizes, step_size,       \
+                      bias2_sqrt, chunk_size, lr, beta1, beta2, eps, weight_decay);                            \
+    }
+
+ADAMW_ENTRY_POINT(float, f32)
+ADAMW_ENTRY_POINT(__half, f16)
+ADAMW_ENTRY_POINT(__nv_bfloat16, bf16)

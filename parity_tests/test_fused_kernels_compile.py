@@ -1,0 +1,121 @@
+"""The fused kernels (accelerated/cupy/kernels/*.cu): they compile with nvcc for sm_80 and sm_90,
+and, on a CUDA device with CuPy, each agrees with the reference's layer."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reference as R
+from parity_tests.backends import BACKENDS
+
+KERNELS = Path(__file__).resolve().parent.parent / "accelerated" / "cupy" / "kernels"
+FILES = ("layer_norm.cu", "cross_entropy.cu", "bias_activation.cu", "adamw.cu")
+ARCHS = ("sm_80", "sm_90")
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory):
+    """{(file, arch): (returncode, stderr)} of nvcc -c on every kernel file."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not on PATH (the CUDA toolkit compiles the kernels)")
+    out = tmp_path_factory.mktemp("nvcc")
+    procs = {(f, a): subprocess.Popen(["nvcc", "-c", "--std=c++17", f"-arch={a}", str(KERNELS / f),
+                                       "-o", str(out / f"{f}.{a}.o")], stderr=subprocess.PIPE, text=True)
+             for f in FILES for a in ARCHS}
+    return {key: (p.wait(timeout=120), p.stderr.read()) for key, p in procs.items()}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("filename", FILES)
+def test_kernel_compiles(compiled, filename, arch):
+    code, stderr = compiled[(filename, arch)]
+    assert code == 0, f"nvcc -arch={arch} {filename} failed:\n{stderr}"
+
+
+CUPY = BACKENDS["cupy"]
+gpu = pytest.mark.skipif(not CUPY.available, reason=f"no CUDA device / CuPy ({CUPY.skip_reason})")
+TOL = {"float32": 2e-5, "float16": 2e-2, "bfloat16": 8e-2}
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _close(got, want, dtype, what):
+    got = CUPY.rt.to_numpy(got).astype(np.float64)
+    scale = max(1.0, float(np.max(np.abs(want))) if np.size(want) else 1.0)
+    err = float(np.max(np.abs(got - want))) / scale if np.size(want) else 0.0
+    assert err <= TOL[dtype], f"{what} ({dtype}): relative error {err:.3g} > {TOL[dtype]}"
+
+
+def _rounded(x, dtype):
+    from parity_tests.backends import round_to
+
+    return round_to(x, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["LayerNorm", "RMSNorm"])
+def test_norm_kernels_match_reference(name, dtype):
+    rt = CUPY.rt
+    rng = np.random.default_rng(0)
+    x, dy = _rounded(rng.standard_normal((5, 7, 96)), dtype), _rounded(rng.standard_normal((5, 7, 96)), dtype)
+    ref, mod = getattr(R, name)(96, dtype=np.float64), getattr(rt, name)(96, dtype=dtype)
+    _close(mod(rt.asarray(x, dtype)), ref(x), dtype, f"{name} forward")
+    _close(mod.backward(rt.asarray(dy, dtype)), ref.backward(dy), dtype, f"{name} dx")
+    _close(mod.weight.grad, ref.weight.grad, dtype, f"{name} dweight")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_kernel_matches_reference(dtype, smoothing):
+    rt = CUPY.rt
+    rng = np.random.default_rng(1)
+    logits = _rounded(3 * rng.standard_normal((6, 5, 1000)), dtype)
+    target = rng.integers(0, 1000, (6, 5))
+    target[0, :2] = -100
+    ref, mod = R.CrossEntropyLoss(label_smoothing=smoothing), rt.CrossEntropyLoss(label_smoothing=smoothing)
+    _close(mod(rt.asarray(logits, dtype), rt.asarray(target)), ref(logits, target), dtype, "loss")
+    _close(mod.backward()[0], ref.backward()[0], dtype, "dlogits")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu"])
+def test_bias_activation_kernel_matches_reference(dtype, activation):
+    rt = CUPY.rt
+    from accelerated.cupy import fused_kernels
+
+    rng = np.random.default_rng(2)
+    x, b, dy = (_rounded(rng.standard_normal(s), dtype) for s in ((9, 64), (64,), (9, 64)))
+    act = {"relu": R.ReLU(), "gelu": R.GELU(), "gelu_tanh": R.GELU(approximate="tanh"), "silu": R.SiLU()}[activation]
+    want = act(x + b)
+    dx_want = act.backward(dy)
+    _close(fused_kernels.bias_activation_forward(rt.asarray(x, dtype), rt.asarray(b, dtype), activation), want,
+           dtype, "y")
+    dx, db = fused_kernels.bias_activation_backward(rt.asarray(dy, dtype), rt.asarray(x, dtype),
+                                                    rt.asarray(b, dtype), activation)
+    _close(dx, dx_want, dtype, "dx")
+    _close(db, dx_want.sum(axis=0), dtype, "dbias")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_kernel_matches_reference(dtype):
+    rt = CUPY.rt
+    ref_lin, lin = R.Linear(70, 50, seed=5, dtype=np.float64), rt.Linear(70, 50, seed=5, dtype=dtype)
+    ref_lin.load_state_dict({k: _rounded(v, dtype) for k, v in ref_lin.state_dict().items()})
+    lin.load_state_dict(ref_lin.state_dict())
+    ref_opt, opt = R.AdamW(ref_lin.parameters(), lr=0.01), rt.AdamW(lin.parameters(), lr=0.01)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        x, dy = _rounded(rng.standard_normal((4, 70)), dtype), _rounded(rng.standard_normal((4, 50)), dtype)
+        ref_lin(x), lin(rt.asarray(x, dtype))
+        ref_lin.backward(dy), lin.backward(rt.asarray(dy, dtype))
+        ref_opt.step(), opt.step()
+        ref_opt.zero_grad(), opt.zero_grad()
+    for (name, p), q in zip(ref_lin.named_parameters(), lin.parameters()):
+        _close(q.data, p.data, dtype, f"AdamW {name}")
+    assert opt.state_dict()["state"][0]["step"] == 3
