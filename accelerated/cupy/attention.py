@@ -115,7 +115,7 @@ class FlashScaledDotProductAttention:
         if str(query.dtype) not in FLASH_DTYPES or not isinstance(is_causal, (bool, np.bool_)):
             return None
         fk = flash_kernels()
-        if fk is None:
+        if fk is None or not fk.supports(query, key, value):  # e.g. head dim > 128: the shared path
             return None
         group = _check_qkv(query, key, value, enable_gqa, xp)  # bad input raises the reference's errors
         scale = _check_scale(scale, query.shape[-1])

@@ -1,0 +1,287 @@
+"""Launcher of the fused flash-attention CUDA kernels (kernels/flash_attention.cu) through cupy.RawModule.
+
+The pure-Python parts (kernel names, grid sizes, argument checks) need no CuPy and are tested
+on any machine; CuPy is imported only inside the functions that compile or launch.
+
+    out, lse = flash_attention_forward(q, k, v, *, scale=None, causal=False, key_valid=None)
+    dq, dk, dv = flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=False,
+                                          key_valid=None)
+
+q (B, H, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev) with H % Hkv == 0 (query head h reads kv
+head h // (H/Hkv)) and E, Ev <= 128 (zero-padded to the compiled 32/64/128); key_valid (B, S)
+bool/int8 with True/1 = may attend; causal is top-left aligned as in torch SDPA. lse (B, H, L) float32 is the log-sum-exp of each row's scaled scores (−inf for a
+fully masked row, whose output is 0). bfloat16 arrays are accepted as a dtype named "bfloat16"
+or as uint16 storage with element_type="bfloat16".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+KERNEL_FILE = Path(__file__).with_name("kernels") / "flash_attention.cu"
+
+#: element type name -> the tag in the kernel names
+DTYPE_TAGS = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+HEAD_DIMS = (32, 64, 128)
+THREADS = 128
+#: query rows per forward block: tensor-core tiles for half types, FMA tiles for float32
+FORWARD_BLOCK_M = {"float32": 16, "float16": 64, "bfloat16": 64}
+PREPROCESS_ROWS_PER_BLOCK = THREADS // 32
+CONVERT_THREADS = 256
+COMPILE_OPTIONS = ("--std=c++17",)
+
+_module = None
+
+
+def backward_block(head_dim: int) -> int:
+    """Keys (and query rows) per backward block: 32, or 16 at head dim 128 (shared memory)."""
+    check_head_dim(head_dim)
+    return 16 if head_dim == 128 else 32
+
+
+def check_head_dim(head_dim) -> int:
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim must be one of {HEAD_DIMS} (the compiled kernels), got {head_dim!r}")
+    return head_dim
+
+
+def check_element_type(element_type) -> str:
+    if element_type not in DTYPE_TAGS:
+        raise TypeError(
+            f"element_type must be one of {sorted(DTYPE_TAGS)} (the compiled kernels), got {element_type!r}"
+        )
+    return element_type
+
+
+def kernel_name(kind: str, element_type: str, head_dim: int) -> str:
+    """The extern "C" name of a kernel: kind in {"fwd", "bwd", "bwd_preprocess"}."""
+    if kind not in ("fwd", "bwd", "bwd_preprocess"):
+        raise ValueError(f"kind must be 'fwd', 'bwd' or 'bwd_preprocess', got {kind!r}")
+    tag = DTYPE_TAGS[check_element_type(element_type)]
+    return f"flash_{kind}_{tag}_d{check_head_dim(head_dim)}"
+
+
+def convert_kernel_name(element_type: str) -> str | None:
+    """The kernel rounding the fp32 dq accumulator to element_type (None for float32: no rounding)."""
+    tag = DTYPE_TAGS[check_element_type(element_type)]
+    return None if tag == "f32" else f"flash_bwd_convert_dq_{tag}"
+
+
+def all_kernel_names() -> tuple:
+    """Every extern "C" kernel the .cu file defines."""
+    names = [kernel_name(kind, e, d) for e in DTYPE_TAGS for d in HEAD_DIMS for kind in ("fwd", "bwd_preprocess", "bwd")]
+    names += [convert_kernel_name(e) for e in DTYPE_TAGS if convert_kernel_name(e)]
+    return tuple(names)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def forward_grid(batch: int, heads: int, q_len: int, element_type: str) -> tuple:
+    """(grid, block) of flash_fwd_*: one block per FORWARD_BLOCK_M query rows of one (batch, head)."""
+    bm = FORWARD_BLOCK_M[check_element_type(element_type)]
+    return (max(_ceil_div(q_len, bm), 1), batch * heads, 1), (THREADS, 1, 1)
+
+
+def preprocess_grid(batch: int, heads: int, q_len: int) -> tuple:
+    """(grid, block) of flash_bwd_preprocess_*: one warp per query row."""
+    rows = batch * heads * q_len
+    return (max(_ceil_div(rows, PREPROCESS_ROWS_PER_BLOCK), 1), 1, 1), (THREADS, 1, 1)
+
+
+def backward_grid(batch: int, kv_heads: int, k_len: int, head_dim: int) -> tuple:
+    """(grid, block) of flash_bwd_*: one block per backward_block(head_dim) keys of one (batch, kv head)."""
+    return (max(_ceil_div(k_len, backward_block(head_dim)), 1), batch * kv_heads, 1), (THREADS, 1, 1)
+
+
+def convert_grid(n: int) -> tuple:
+    return (max(_ceil_div(n, CONVERT_THREADS), 1), 1, 1), (CONVERT_THREADS, 1, 1)
+
+
+def check_shapes(q_shape, k_shape, v_shape, mask_shape=None) -> tuple:
+    """Validate the shapes; returns (B, H, Hkv, L, S, E, Ev)."""
+    for name, shape in (("query", q_shape), ("key", k_shape), ("value", v_shape)):
+        if len(shape) != 4:
+            raise ValueError(f"{name} must have shape (batch, heads, seq, head_dim), got shape {tuple(shape)}")
+    B, H, L, E = q_shape
+    if k_shape[0] != B or k_shape[3] != E:
+        raise ValueError(f"key must have shape ({B}, Hkv, S, {E}) (query's batch and head_dim), got shape {tuple(k_shape)}")
+    if tuple(v_shape[:3]) != tuple(k_shape[:3]):
+        raise ValueError(f"value must have shape {tuple(k_shape[:3])} + (Ev,) (key's), got shape {tuple(v_shape)}")
+    Hkv, S, Ev = k_shape[1], k_shape[2], v_shape[3]
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(f"key must have a number of heads dividing query's {H} heads, got {Hkv}")
+    if mask_shape is not None and tuple(mask_shape) != (B, S):
+        raise ValueError(f"key_valid must have shape ({B}, {S}) (batch, key length), got shape {tuple(mask_shape)}")
+    padded_head_dim(max(E, Ev))
+    return int(B), int(H), int(Hkv), int(L), int(S), int(E), int(Ev)
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The compiled head dim the kernels run at: the smallest of HEAD_DIMS >= head_dim.
+
+    Smaller head dims are zero-padded: zero features add nothing to q·k, and zero value
+    features give output columns that are cut off again.
+    """
+    for d in HEAD_DIMS:
+        if head_dim <= d:
+            return d
+    raise ValueError(f"head_dim must be at most {HEAD_DIMS[-1]} for the flash-attention kernels, got {head_dim}")
+
+
+def supports(query, key, value) -> bool:
+    """Whether the kernels take these arrays (4-d, one float32/float16/bfloat16 dtype, head dims <= 128)."""
+    try:
+        element_type_of(query.dtype)
+        check_shapes(query.shape, key.shape, value.shape)
+    except (TypeError, ValueError):
+        return False
+    return key.dtype == query.dtype and value.dtype == query.dtype
+
+
+def resolve_scale(scale, head_dim: int) -> float:
+    """1/√d by default, otherwise the given finite number."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) and not hasattr(scale, "__float__"):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale
+
+
+def element_type_of(dtype, element_type=None) -> str:
+    """The kernel element type of an array dtype: float32/float16/bfloat16 (uint16 storage needs element_type)."""
+    name = getattr(dtype, "name", str(dtype))
+    if element_type is not None:
+        check_element_type(element_type)
+        storage = {"float32": ("float32",), "float16": ("float16",), "bfloat16": ("bfloat16", "uint16")}[element_type]
+        if name not in storage:
+            raise TypeError(f"query must be stored as {' or '.join(storage)} for element_type={element_type!r}, got {name}")
+        return element_type
+    if name not in DTYPE_TAGS:
+        raise TypeError(
+            f"query must be float32, float16 or bfloat16 (uint16 storage with element_type='bfloat16'), got {name}"
+        )
+    return name
+
+
+# ------------------------------------------------------------------------------------------------
+# CuPy part: compiled once per process, on first use.
+# ------------------------------------------------------------------------------------------------
+
+def load_module():
+    """The compiled cupy.RawModule of flash_attention.cu (NVRTC, on first call)."""
+    global _module
+    if _module is None:
+        import cupy
+
+        _module = cupy.RawModule(code=KERNEL_FILE.read_text(), options=COMPILE_OPTIONS, name_expressions=None)
+    return _module
+
+
+def get_kernel(name: str):
+    return load_module().get_function(name)
+
+
+def _prepare(x, d: int, cupy):
+    """Contiguous, 16-byte aligned, last axis zero-padded to d."""
+    if x.shape[-1] != d:
+        padded = cupy.zeros(x.shape[:-1] + (d,), dtype=x.dtype)
+        padded[..., : x.shape[-1]] = x
+        return padded
+    x = cupy.ascontiguousarray(x)
+    if x.data.ptr % 16:
+        x = x.copy()  # the half-precision kernels read 16-byte pieces
+    return x
+
+
+def _prepare_mask(key_valid, cupy):
+    if key_valid is None:
+        return None
+    if key_valid.dtype.kind not in "biu":
+        raise TypeError(f"key_valid must be bool or integer (True/1 = may attend), got {key_valid.dtype}")
+    return cupy.ascontiguousarray(key_valid != 0).view(cupy.int8)
+
+
+def _null_or(x, cupy):
+    return x if x is not None else cupy.uint64(0)
+
+
+def _check_dtypes(q, others):
+    for name, x in others:
+        if x.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of query ({q.dtype}), got {x.dtype}")
+
+
+def _cut(x, n: int, cupy):
+    return x if x.shape[-1] == n else cupy.ascontiguousarray(x[..., :n])
+
+
+def flash_attention_forward(q, k, v, *, scale=None, causal=False, key_valid=None, element_type=None):
+    """(out (B, H, L, Ev) in q's dtype, lse (B, H, L) float32)."""
+    import cupy
+
+    etype = element_type_of(q.dtype, element_type)
+    _check_dtypes(q, (("key", k), ("value", v)))
+    B, H, Hkv, L, S, E, Ev = check_shapes(q.shape, k.shape, v.shape, None if key_valid is None else key_valid.shape)
+    scale = resolve_scale(scale, E)
+    d = padded_head_dim(max(E, Ev))
+    q, k, v = (_prepare(x, d, cupy) for x in (q, k, v))
+    mask = _prepare_mask(key_valid, cupy)
+    out = cupy.empty_like(q)
+    lse = cupy.empty((B, H, L), dtype=cupy.float32)
+    if out.size == 0:
+        return _cut(out, Ev, cupy), lse
+    grid, block = forward_grid(B, H, L, etype)
+    get_kernel(kernel_name("fwd", etype, d))(
+        grid, block,
+        (q, k, v, _null_or(mask, cupy), out, lse, cupy.int32(H), cupy.int32(Hkv), cupy.int32(L), cupy.int32(S),
+         cupy.float32(scale), cupy.int32(bool(causal))),
+    )
+    return _cut(out, Ev, cupy), lse
+
+
+def flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=False, key_valid=None, element_type=None):
+    """(dq, dk, dv) in the inputs' dtype, by recomputation from lse; 0 for fully masked rows."""
+    import cupy
+
+    etype = element_type_of(q.dtype, element_type)
+    _check_dtypes(q, (("key", k), ("value", v), ("out", out), ("d_out", d_out)))
+    B, H, Hkv, L, S, E, Ev = check_shapes(q.shape, k.shape, v.shape, None if key_valid is None else key_valid.shape)
+    for name, x in (("out", out), ("d_out", d_out)):
+        if tuple(x.shape) != (B, H, L, Ev):
+            raise ValueError(f"{name} must have shape {(B, H, L, Ev)} (the output's), got shape {tuple(x.shape)}")
+    if tuple(lse.shape) != (B, H, L) or lse.dtype != cupy.float32:
+        raise ValueError(f"lse must be float32 of shape {(B, H, L)}, got {lse.dtype} shape {tuple(lse.shape)}")
+    scale = resolve_scale(scale, E)
+    d = padded_head_dim(max(E, Ev))
+    q, k, v, out, d_out = (_prepare(x, d, cupy) for x in (q, k, v, out, d_out))
+    lse = cupy.ascontiguousarray(lse)
+    mask = _prepare_mask(key_valid, cupy)
+
+    dk = cupy.zeros_like(k)
+    dv = cupy.zeros_like(v)
+    dq_accum = cupy.zeros(q.shape, dtype=cupy.float32)
+    if q.size and k.size:
+        delta = cupy.empty((B, H, L), dtype=cupy.float32)
+        grid, block = preprocess_grid(B, H, L)
+        get_kernel(kernel_name("bwd_preprocess", etype, d))(grid, block, (out, d_out, delta, cupy.int64(B * H * L)))
+        grid, block = backward_grid(B, Hkv, S, d)
+        get_kernel(kernel_name("bwd", etype, d))(
+            grid, block,
+            (q, k, v, _null_or(mask, cupy), d_out, lse, delta, dq_accum, dk, dv, cupy.int32(H), cupy.int32(Hkv),
+             cupy.int32(L), cupy.int32(S), cupy.float32(scale), cupy.int32(bool(causal))),
+        )
+    convert = convert_kernel_name(etype)
+    if convert is None:
+        dq = dq_accum
+    else:
+        dq = cupy.empty_like(q)
+        if dq.size:
+            grid, block = convert_grid(dq.size)
+            get_kernel(convert)(grid, block, (dq_accum, dq, cupy.int64(dq.size)))
+    return _cut(dq, E, cupy), _cut(dk, E, cupy), _cut(dv, Ev, cupy)

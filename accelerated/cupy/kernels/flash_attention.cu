@@ -1,0 +1,552 @@
+// Fused flash attention, forward and backward: the CuPy backend's attention kernels.
+//
+// Compiled at run time by cupy.RawModule (NVRTC), so this file holds only device code and
+// includes nothing but the fp16/bf16 headers NVRTC ships. The readable specification of the
+// algorithm is the tiled NumPy attention of the reference; the math below is the same.
+//
+// Layouts (all contiguous, row-major):
+//   q, o, d_o, dq    (B, H,   L, d)        lse, delta   (B, H, L) float
+//   k, v, dk, dv     (B, Hkv, S, d)        key_mask     (B, S) int8/bool, 1 = may attend, or null
+// Query head h reads kv head h / (H / Hkv) (grouped kv heads). is_causal is top-left aligned as
+// in torch SDPA: query i may see key j when j <= i.
+//
+// Forward (online softmax, one pass over the keys, fp32 state per query row):
+//   s_ij = scale · q_i · k_j                (−∞ where masked)
+//   m_i  = running max,  l_i = Σ_j exp(s_ij − m_i),  acc_i = Σ_j exp(s_ij − m_i) v_j
+//   o_i  = acc_i / l_i,  lse_i = m_i + log l_i     (a fully masked row: o_i = 0, lse_i = −∞)
+// Backward (recomputes P from lse instead of storing it):
+//   δ_i   = Σ_d do_id · o_id                                    (flash_bwd_preprocess_*)
+//   p_ij  = exp(s_ij − lse_i),  dp_ij = do_i · v_j,  ds_ij = p_ij (dp_ij − δ_i)
+//   dv_j  = Σ_i p_ij do_i,  dk_j = scale Σ_i ds_ij q_i,  dq_i = scale Σ_j ds_ij k_j
+// dk/dv of one key block are accumulated in registers over all query blocks and all query
+// heads sharing the kv head; dq is accumulated with fp32 atomicAdd into a zeroed buffer
+// (B, H, L, d) that flash_bwd_convert_dq_* rounds to the element type.
+//
+// Entry points (extern "C", tag ∈ {f32, f16, bf16}, D ∈ {32, 64, 128}):
+//   flash_fwd_<tag>_d<D>              grid (ceil(L / FWD_BLOCK_M), B·H), 128 threads
+//                                     FWD_BLOCK_M = 64 (f16/bf16, tensor cores), 16 (f32)
+//   flash_bwd_preprocess_<tag>_d<D>   grid ceil(B·H·L / 4), 128 threads (one warp per row)
+//   flash_bwd_<tag>_d<D>              grid (ceil(S / BWD_BLOCK), B·Hkv), 128 threads
+//                                     BWD_BLOCK = 32 (D ≤ 64), 16 (D = 128)
+//   flash_bwd_convert_dq_<tag>        grid ceil(n / 256), 256 threads
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#define FA_THREADS 128
+
+namespace flash {
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float warp_max(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+// Whether key j may be attended by query i (both global indices within their sequences).
+__device__ __forceinline__ bool key_allowed(const signed char* key_mask, long long mask_row, int i, int j,
+                                            int S, int causal) {
+    if (j >= S) return false;
+    if (causal && j > i) return false;
+    if (key_mask != nullptr && key_mask[mask_row + j] == 0) return false;
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core pieces (fp16 / bf16): mma.sync m16n8k16, fp32 accumulators.
+//
+// Fragment layout per warp (g = lane / 4, t = lane % 4), 32-bit registers of two 16-bit values,
+// the lower-indexed element in the low half:
+//   A 16×16 (row-major):   a0 = A[g][2t..2t+1]      a1 = A[g+8][2t..2t+1]
+//                          a2 = A[g][2t+8..2t+9]    a3 = A[g+8][2t+8..2t+9]
+//   B 16×8  (col-major):   b0 = B[2t..2t+1][g]      b1 = B[2t+8..2t+9][g]
+//   C 16×8  (fp32):        c0, c1 = C[g][2t..2t+1]  c2, c3 = C[g+8][2t..2t+1]
+// ---------------------------------------------------------------------------------------------
+
+template <typename T> struct Mma;
+
+template <> struct Mma<__half> {
+    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<unsigned*>(&h);
+    }
+};
+
+template <> struct Mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<unsigned*>(&h);
+    }
+};
+
+// Two 16-bit values from shared memory as one register: (low, high) = (p[0], p[stride]).
+__device__ __forceinline__ unsigned pack_u16(const unsigned short* p, int stride) {
+    return (unsigned)p[0] | ((unsigned)p[stride] << 16);
+}
+
+// Copy `rows` rows (from row0) of a (n, D) 16-bit matrix into shared tile[ROWS][D + 8] in 16-byte
+// pieces; rows at or past n are zero.
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile_16bit(unsigned short* tile, const unsigned short* src, int row0, int n) {
+    constexpr int STRIDE = D + 8;
+    constexpr int CHUNKS = D / 8;  // 16-byte pieces per row
+    for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += FA_THREADS) {
+        int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+        uint4 value = make_uint4(0u, 0u, 0u, 0u);
+        if (row0 + r < n) value = *reinterpret_cast<const uint4*>(src + (long long)(row0 + r) * D + c);
+        *reinterpret_cast<uint4*>(tile + r * STRIDE + c) = value;
+    }
+}
+
+// Forward with tensor cores: 4 warps × 16 query rows = 64 rows per block, keys in tiles of 64.
+template <typename T, int D>
+__device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                        const signed char* __restrict__ key_mask, T* __restrict__ o,
+                                        float* __restrict__ lse, int H, int Hkv, int L, int S, float scale,
+                                        int causal) {
+    constexpr int BM = 64, BN = 64, STRIDE = D + 8, KT = D / 16, NT = BN / 8, DT = D / 8;
+    __shared__ __align__(16) unsigned short ks[BN * STRIDE];  // K tile; first holds the Q tile
+    __shared__ __align__(16) unsigned short vs[BN * STRIDE];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / Hkv);
+    const int m0 = blockIdx.x * BM;
+    const unsigned short* qbase = reinterpret_cast<const unsigned short*>(q) + (long long)bh * L * D;
+    const unsigned short* kbase = reinterpret_cast<const unsigned short*>(k) + ((long long)b * Hkv + kvh) * S * D;
+    const unsigned short* vbase = reinterpret_cast<const unsigned short*>(v) + ((long long)b * Hkv + kvh) * S * D;
+    const long long mask_row = (long long)b * S;
+    const float log2e = 1.4426950408889634f;
+    const float scale_log2 = scale * log2e;  // scores kept in base 2: exp(x) = exp2(x · log2 e)
+
+    // Q fragments of this warp's 16 rows stay in registers for the whole pass.
+    load_tile_16bit<BM, D>(ks, qbase, m0, L);
+    __syncthreads();
+    unsigned qf[KT][4];
+    {
+        const unsigned short* qw = ks + (warp * 16) * STRIDE;
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+            int c = kt * 16 + 2 * t;
+            qf[kt][0] = *reinterpret_cast<const unsigned*>(qw + g * STRIDE + c);
+            qf[kt][1] = *reinterpret_cast<const unsigned*>(qw + (g + 8) * STRIDE + c);
+            qf[kt][2] = *reinterpret_cast<const unsigned*>(qw + g * STRIDE + c + 8);
+            qf[kt][3] = *reinterpret_cast<const unsigned*>(qw + (g + 8) * STRIDE + c + 8);
+        }
+    }
+
+    const int row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
+    float m_run[2] = {neg_inf(), neg_inf()};  // running max of base-2 scores
+    float l_run[2] = {0.f, 0.f};
+    float acc[DT][4];
+#pragma unroll
+    for (int nd = 0; nd < DT; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.f;
+
+    const int n_end = causal ? min(S, m0 + BM) : S;
+    for (int n0 = 0; n0 < n_end; n0 += BN) {
+        __syncthreads();  // the previous tile (or the Q tile) is no longer read
+        load_tile_16bit<BN, D>(ks, kbase, n0, S);
+        load_tile_16bit<BN, D>(vs, vbase, n0, S);
+        __syncthreads();
+
+        // S = Q Kᵀ for 16 rows × 64 keys.
+        float s[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            const unsigned short* kr = ks + (nt * 8 + g) * STRIDE + 2 * t;
+#pragma unroll
+            for (int kt = 0; kt < KT; ++kt) {
+                unsigned b0 = *reinterpret_cast<const unsigned*>(kr + kt * 16);
+                unsigned b1 = *reinterpret_cast<const unsigned*>(kr + kt * 16 + 8);
+                Mma<T>::run(s[nt], qf[kt], b0, b1);
+            }
+        }
+
+        // Mask, scale, online softmax (each row lives in the 4 lanes of one quad).
+        float tile_max[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int r = e / 2, j = n0 + nt * 8 + 2 * t + (e % 2);
+                float x = key_allowed(key_mask, mask_row, row[r], j, S, causal) ? s[nt][e] * scale_log2 : neg_inf();
+                s[nt][e] = x;
+                tile_max[r] = fmaxf(tile_max[r], x);
+            }
+        }
+        float alpha[2], m_use[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            float m_new = fmaxf(m_run[r], tile_max[r]);
+            m_use[r] = (m_new == neg_inf()) ? 0.f : m_new;  // no ∞ − ∞ on a row masked so far
+            alpha[r] = exp2f(m_run[r] - m_use[r]);         // 0 when m_run = −∞
+            m_run[r] = m_new;
+        }
+        float tile_sum[2] = {0.f, 0.f};
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int r = e / 2;
+                float p = exp2f(s[nt][e] - m_use[r]);  // exactly 0 where masked
+                s[nt][e] = p;
+                tile_sum[r] += p;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
+            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
+            l_run[r] = l_run[r] * alpha[r] + tile_sum[r];
+        }
+#pragma unroll
+        for (int nd = 0; nd < DT; ++nd) {
+            acc[nd][0] *= alpha[0]; acc[nd][1] *= alpha[0];
+            acc[nd][2] *= alpha[1]; acc[nd][3] *= alpha[1];
+        }
+
+        // acc += P V: the S accumulators of two adjacent n-tiles are exactly one A fragment.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            unsigned a[4];
+            a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            const unsigned short* vr = vs + (kk * 16 + 2 * t) * STRIDE + g;
+#pragma unroll
+            for (int nd = 0; nd < DT; ++nd) {
+                unsigned b0 = pack_u16(vr + nd * 8, STRIDE);
+                unsigned b1 = pack_u16(vr + 8 * STRIDE + nd * 8, STRIDE);
+                Mma<T>::run(acc[nd], a, b0, b1);
+            }
+        }
+    }
+
+    // o = acc / l; a fully masked row has l = 0: o = 0, lse = −∞.
+    const float ln2 = 0.6931471805599453f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (row[r] >= L) continue;
+        float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
+        T* orow = o + ((long long)bh * L + row[r]) * D;
+#pragma unroll
+        for (int nd = 0; nd < DT; ++nd) {
+            unsigned packed = Mma<T>::pack(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
+            *reinterpret_cast<unsigned*>(orow + nd * 8 + 2 * t) = packed;
+        }
+        if (t == 0) lse[(long long)bh * L + row[r]] = l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) * ln2 : neg_inf();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward with fp32 FMA (float): 4 warps × 4 rows = 16 query rows per block; keys in tiles of 32,
+// lane j scores key j of the tile, each lane accumulates D / 32 output features.
+// ---------------------------------------------------------------------------------------------
+template <typename T, int D>
+__device__ __forceinline__ void fwd_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                         const signed char* __restrict__ key_mask, T* __restrict__ o,
+                                         float* __restrict__ lse, int H, int Hkv, int L, int S, float scale,
+                                         int causal) {
+    constexpr int ROWS = 4, BM = 4 * ROWS, BN = 32, DL = D / 32;
+    __shared__ float qs[BM][D];
+    __shared__ float ks[BN][D + 1];
+    __shared__ float vs[BN][D];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / Hkv);
+    const int m0 = blockIdx.x * BM;
+    const T* qbase = q + (long long)bh * L * D;
+    const T* kbase = k + ((long long)b * Hkv + kvh) * S * D;
+    const T* vbase = v + ((long long)b * Hkv + kvh) * S * D;
+    const long long mask_row = (long long)b * S;
+
+    for (int idx = threadIdx.x; idx < BM * D; idx += FA_THREADS) {
+        int r = idx / D, c = idx % D;
+        qs[r][c] = (m0 + r < L) ? to_float(qbase[(long long)(m0 + r) * D + c]) : 0.f;
+    }
+
+    float m_run[ROWS], l_run[ROWS], acc[ROWS][DL];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        m_run[r] = neg_inf();
+        l_run[r] = 0.f;
+#pragma unroll
+        for (int c = 0; c < DL; ++c) acc[r][c] = 0.f;
+    }
+
+    const int n_end = causal ? min(S, m0 + BM) : S;
+    for (int n0 = 0; n0 < n_end; n0 += BN) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < BN * D; idx += FA_THREADS) {
+            int r = idx / D, c = idx % D;
+            bool in = n0 + r < S;
+            ks[r][c] = in ? to_float(kbase[(long long)(n0 + r) * D + c]) : 0.f;
+            vs[r][c] = in ? to_float(vbase[(long long)(n0 + r) * D + c]) : 0.f;
+        }
+        __syncthreads();
+
+        const int j = n0 + lane;
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            const int lr = warp * ROWS + r, i = m0 + lr;
+            float s = neg_inf();
+            if (key_allowed(key_mask, mask_row, i, j, S, causal)) {
+                float dot = 0.f;
+#pragma unroll 8
+                for (int c = 0; c < D; ++c) dot = fmaf(qs[lr][c], ks[lane][c], dot);
+                s = dot * scale;
+            }
+            float m_new = fmaxf(m_run[r], warp_max(s));
+            float m_use = (m_new == neg_inf()) ? 0.f : m_new;
+            float alpha = expf(m_run[r] - m_use);
+            float p = expf(s - m_use);  // 0 where masked
+            l_run[r] = l_run[r] * alpha + warp_sum(p);
+            m_run[r] = m_new;
+#pragma unroll
+            for (int c = 0; c < DL; ++c) acc[r][c] *= alpha;
+            for (int jj = 0; jj < BN; ++jj) {
+                float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+                for (int c = 0; c < DL; ++c) acc[r][c] = fmaf(pj, vs[jj][lane + 32 * c], acc[r][c]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const int i = m0 + warp * ROWS + r;
+        if (i >= L) continue;
+        float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
+#pragma unroll
+        for (int c = 0; c < DL; ++c) o[((long long)bh * L + i) * D + lane + 32 * c] = from_float<T>(acc[r][c] * inv);
+        if (lane == 0) lse[(long long)bh * L + i] = l_run[r] > 0.f ? m_run[r] + logf(l_run[r]) : neg_inf();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+// ---------------------------------------------------------------------------------------------
+
+// δ_i = Σ_d do_id · o_id, one warp per row of the (B·H·L, D) matrices.
+template <typename T, int D>
+__device__ __forceinline__ void bwd_preprocess(const T* __restrict__ o, const T* __restrict__ d_o,
+                                               float* __restrict__ delta, long long rows) {
+    const long long rix = (long long)blockIdx.x * (FA_THREADS / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (rix >= rows) return;
+    float sum = 0.f;
+#pragma unroll
+    for (int c = lane; c < D; c += 32) sum = fmaf(to_float(o[rix * D + c]), to_float(d_o[rix * D + c]), sum);
+    sum = warp_sum(sum);
+    if (lane == 0) delta[rix] = sum;
+}
+
+// dq, dk, dv by recomputation, fp32 FMA. One block owns BN keys of one kv head; it loops over the
+// query heads that read that kv head and over all query blocks of BM = BN rows.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void bwd_simt(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                         const signed char* __restrict__ key_mask, const T* __restrict__ d_o,
+                                         const float* __restrict__ lse, const float* __restrict__ delta,
+                                         float* __restrict__ dq_accum, T* __restrict__ dk, T* __restrict__ dv,
+                                         int H, int Hkv, int L, int S, float scale, int causal) {
+    constexpr int BM = BN, TPK = FA_THREADS / BN, DPT = D / TPK;
+    static_assert(FA_THREADS % BN == 0 && D % TPK == 0, "tile shape");
+    __shared__ float ks[BN][D + 1];
+    __shared__ float vs[BN][D + 1];
+    __shared__ float qs[BM][D + 1];
+    __shared__ float dos[BM][D + 1];
+    __shared__ float ps[BM][BN + 1];
+    __shared__ float dss[BM][BN + 1];
+    __shared__ float lse_s[BM];
+    __shared__ float delta_s[BM];
+    __shared__ unsigned char key_ok[BN];
+
+    const int tid = threadIdx.x;
+    const int bk = blockIdx.y, b = bk / Hkv, kvh = bk % Hkv, group = H / Hkv;
+    const int n0 = blockIdx.x * BN;
+    const long long kv_off = ((long long)b * Hkv + kvh) * S * D;
+
+    for (int idx = tid; idx < BN * D; idx += FA_THREADS) {
+        int r = idx / D, c = idx % D;
+        bool in = n0 + r < S;
+        ks[r][c] = in ? to_float(k[kv_off + (long long)(n0 + r) * D + c]) : 0.f;
+        vs[r][c] = in ? to_float(v[kv_off + (long long)(n0 + r) * D + c]) : 0.f;
+    }
+    for (int j = tid; j < BN; j += FA_THREADS)
+        key_ok[j] = (n0 + j < S) && (key_mask == nullptr || key_mask[(long long)b * S + n0 + j] != 0);
+
+    const int jl = tid / TPK, d0 = (tid % TPK) * DPT;  // phase 2: key jl, features d0..d0+DPT
+    float dk_acc[DPT], dv_acc[DPT];
+#pragma unroll
+    for (int c = 0; c < DPT; ++c) dk_acc[c] = dv_acc[c] = 0.f;
+
+    // Under the causal mask, query rows before n0 see none of these keys.
+    const int m_begin = causal ? (n0 / BM) * BM : 0;
+    for (int hg = 0; hg < group; ++hg) {
+        const int h = kvh * group + hg;
+        const long long q_off = ((long long)b * H + h) * L;  // row offset of (b, h)
+        for (int m0 = m_begin; m0 < L; m0 += BM) {
+            __syncthreads();  // previous tile's shared data no longer read (and K/V/key_ok loaded)
+            for (int idx = tid; idx < BM * D; idx += FA_THREADS) {
+                int r = idx / D, c = idx % D;
+                bool in = m0 + r < L;
+                qs[r][c] = in ? to_float(q[(q_off + m0 + r) * D + c]) : 0.f;
+                dos[r][c] = in ? to_float(d_o[(q_off + m0 + r) * D + c]) : 0.f;
+            }
+            for (int r = tid; r < BM; r += FA_THREADS) {
+                bool in = m0 + r < L;
+                lse_s[r] = in ? lse[q_off + m0 + r] : neg_inf();
+                delta_s[r] = in ? delta[q_off + m0 + r] : 0.f;
+            }
+            __syncthreads();
+
+            // Phase 1: p_ij = exp(s_ij − lse_i),  ds_ij = p_ij (do_i · v_j − δ_i).
+            for (int e = tid; e < BM * BN; e += FA_THREADS) {
+                int i = e / BN, j = e % BN, gi = m0 + i, gj = n0 + j;
+                float p = 0.f, ds = 0.f;
+                if (key_ok[j] && gi < L && (!causal || gj <= gi) && lse_s[i] != neg_inf()) {
+                    float dot = 0.f, dp = 0.f;
+#pragma unroll 8
+                    for (int c = 0; c < D; ++c) {
+                        dot = fmaf(qs[i][c], ks[j][c], dot);
+                        dp = fmaf(dos[i][c], vs[j][c], dp);
+                    }
+                    p = expf(dot * scale - lse_s[i]);
+                    ds = p * (dp - delta_s[i]);
+                }
+                ps[i][j] = p;
+                dss[i][j] = ds;
+            }
+            __syncthreads();
+
+            // Phase 2: dv_j += Σ_i p_ij do_i,  dk_j += Σ_i ds_ij q_i (scale applied at the end).
+            for (int i = 0; i < BM; ++i) {
+                float p = ps[i][jl], ds = dss[i][jl];
+#pragma unroll
+                for (int c = 0; c < DPT; ++c) {
+                    dv_acc[c] = fmaf(p, dos[i][d0 + c], dv_acc[c]);
+                    dk_acc[c] = fmaf(ds, qs[i][d0 + c], dk_acc[c]);
+                }
+            }
+
+            // Phase 3: dq_i += scale Σ_j ds_ij k_j (fp32 atomics: other key blocks add to the same rows).
+            const int il = tid / TPK;
+            if (m0 + il < L) {
+                float part[DPT];
+#pragma unroll
+                for (int c = 0; c < DPT; ++c) part[c] = 0.f;
+                for (int j = 0; j < BN; ++j) {
+                    float ds = dss[il][j];
+#pragma unroll
+                    for (int c = 0; c < DPT; ++c) part[c] = fmaf(ds, ks[j][d0 + c], part[c]);
+                }
+                float* dq_row = dq_accum + (q_off + m0 + il) * D + d0;
+#pragma unroll
+                for (int c = 0; c < DPT; ++c) atomicAdd(dq_row + c, part[c] * scale);
+            }
+        }
+    }
+
+    if (n0 + jl < S) {
+        const long long off = kv_off + (long long)(n0 + jl) * D + d0;
+#pragma unroll
+        for (int c = 0; c < DPT; ++c) {
+            dk[off + c] = from_float<T>(dk_acc[c] * scale);
+            dv[off + c] = from_float<T>(dv_acc[c]);
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void convert_dq(const float* __restrict__ src, T* __restrict__ dst, long long n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = from_float<T>(src[i]);
+}
+
+}  // namespace flash
+
+// ---------------------------------------------------------------------------------------------
+// extern "C" entry points (unmangled names for cupy.RawModule.get_function).
+// ---------------------------------------------------------------------------------------------
+
+#define FA_FWD_ARGS(T)                                                                                   \
+    const T *q, const T *k, const T *v, const signed char *key_mask, T *o, float *lse, int H, int Hkv, \
+        int L, int S, float scale, int causal
+#define FA_FWD_PASS q, k, v, key_mask, o, lse, H, Hkv, L, S, scale, causal
+
+#define FA_BWD_ARGS(T)                                                                                      \
+    const T *q, const T *k, const T *v, const signed char *key_mask, const T *d_o, const float *lse,      \
+        const float *delta, float *dq_accum, T *dk, T *dv, int H, int Hkv, int L, int S, float scale, \
+        int causal
+#define FA_BWD_PASS q, k, v, key_mask, d_o, lse, delta, dq_accum, dk, dv, H, Hkv, L, S, scale, causal
+
+#define FA_DEFINE_COMMON(T, TAG, D, BN)                                                                        \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS)                                               \
+        flash_bwd_preprocess_##TAG##_d##D(const T *o, const T *d_o, float *delta, long long rows) {            \
+        flash::bwd_preprocess<T, D>(o, d_o, delta, rows);                                                      \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_bwd_##TAG##_d##D(FA_BWD_ARGS(T)) {     \
+        flash::bwd_simt<T, D, BN>(FA_BWD_PASS);                                                                \
+    }
+
+#define FA_DEFINE_MMA(T, TAG, D, BN)                                                                       \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_fwd_##TAG##_d##D(FA_FWD_ARGS(T)) { \
+        flash::fwd_mma<T, D>(FA_FWD_PASS);                                                                 \
+    }                                                                                                      \
+    FA_DEFINE_COMMON(T, TAG, D, BN)
+
+#define FA_DEFINE_SIMT(T, TAG, D, BN)                                                                      \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_fwd_##TAG##_d##D(FA_FWD_ARGS(T)) { \
+        flash::fwd_simt<T, D>(FA_FWD_PASS);                                                                \
+    }                                                                                                      \
+    FA_DEFINE_COMMON(T, TAG, D, BN)
+
+FA_DEFINE_SIMT(float, f32, 32, 32)
+FA_DEFINE_SIMT(float, f32, 64, 32)
+FA_DEFINE_SIMT(float, f32, 128, 16)
+FA_DEFINE_MMA(__half, f16, 32, 32)
+FA_DEFINE_MMA(__half, f16, 64, 32)
+FA_DEFINE_MMA(__half, f16, 128, 16)
+FA_DEFINE_MMA(__nv_bfloat16, bf16, 32, 32)
+FA_DEFINE_MMA(__nv_bfloat16, bf16, 64, 32)
+FA_DEFINE_MMA(__nv_bfloat16, bf16, 128, 16)
+
+#define FA_DEFINE_CONVERT(T, TAG)                                                                         \
+    extern "C" __global__ void flash_bwd_convert_dq_##TAG(const float *src, T *dst, long long n) {       \
+        flash::convert_dq<T>(src, dst, n);                                                                \
+    }
+
+FA_DEFINE_CONVERT(__half, f16)
+FA_DEFINE_CONVERT(__nv_bfloat16, bf16)
