@@ -1,0 +1,101 @@
+"""The CuPy backend against the float64 reference, on every layer case of the gradient-check suite.
+
+Each case's reference module is copied, adopted into the backend (its classes become the
+backend's, its parameters move to the device in the tested dtype) and run on the same inputs
+rounded to that dtype; outputs, input gradients and every parameter gradient must agree within
+parity_tests/tolerances.py. The reference runs on the same rounded inputs and parameters.
+
+The same harness runs in CI on the CPU with the backend factory fed NumPy (``derived-numpy``),
+so the harness itself is tested without a GPU; the ``cupy`` cases need CuPy and a CUDA device.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+from parity_tests.backends import BACKENDS, backend_dtype_params, round_to
+from parity_tests.tolerances import (ERROR_FLOOR, FORWARD_TOL, GRADIENT_SCALE_FLOOR, GRADIENT_TOL,
+                                     assert_close)
+from reference.gradcheck_suite import _cases
+
+CASES = {case.name: case for case in _cases()}
+
+
+def derived_numpy_namespace():
+    from parity_tests.test_cupy_backend import load_backend  # backend.py without the package's GPU check
+
+    return load_backend().make_namespace(np, "parity_tests.derived_numpy")
+
+
+def namespace_for(backend_name: str):
+    if backend_name == "derived-numpy":
+        return derived_numpy_namespace()
+    return BACKENDS["cupy"].rt
+
+
+PARAMS = [pytest.param("derived-numpy", dtype, id=f"derived-numpy-{dtype}") for dtype in ("float64", "float32")]
+PARAMS += [pytest.param("cupy", p.values[1], id=p.id, marks=p.marks) for p in backend_dtype_params("cupy")]
+
+
+def _run(module, inputs, kwargs, before_forward, cotangent_seed=0):
+    """Forward, a fixed random cotangent, backward: (outputs, cotangents, input grads, param grads)."""
+    if before_forward is not None:
+        before_forward()
+    outputs = module(*inputs, **kwargs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    rng = np.random.default_rng(cotangent_seed)
+    cotangents = [rng.standard_normal(tuple(y.shape)) for y in outputs]
+    return outputs, cotangents
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+@pytest.mark.parametrize("backend_name,dtype", PARAMS)
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_backend_matches_reference(case_name, backend_name, dtype):
+    rt = namespace_for(backend_name)
+    case = CASES[case_name]
+    floats = [isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in case.inputs]
+    inputs = [round_to(x, dtype) if f else x for x, f in zip(case.inputs, floats)]
+
+    reference = copy.deepcopy(case.module)
+    for p in reference.parameters():
+        p.data = round_to(p.data, dtype)
+    backend = copy.deepcopy(reference)
+    storage = rt.asarray(np.zeros(1), dtype=dtype).dtype
+    rt.deriver.adopt(backend, storage)
+
+    def reseed(module):  # the dropout case re-seeds its own module; find the copy's twin by class
+        if case.before_forward is None:
+            return None
+        return lambda: [m.manual_seed(7) for m in module.modules() if hasattr(m, "manual_seed")]
+
+    want, cotangents = _run(reference, inputs, case.kwargs, reseed(reference))
+    reference.zero_grad()
+    grad_out = cotangents[0] if len(cotangents) == 1 else tuple(cotangents)
+    want_grads = _as_tuple(reference.backward(grad_out))
+
+    backend_inputs = [rt.asarray(x, dtype=dtype) if f else rt.asarray(x) for x, f in zip(inputs, floats)]
+    backend_kwargs = {k: (rt.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in case.kwargs.items()}
+    got, _ = _run(backend, backend_inputs, backend_kwargs, reseed(backend))
+    backend.zero_grad()
+    got_grad_out = tuple(rt.asarray(g, dtype=dtype) for g in cotangents)
+    got_grads = _as_tuple(backend.backward(got_grad_out[0] if len(got_grad_out) == 1 else got_grad_out))
+
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_close(rt.to_numpy(a).astype(np.float64), b, dtype, f"{case_name}: output {i}", FORWARD_TOL)
+    scale = max([float(np.max(np.abs(g))) for g in want_grads if g is not None]
+                + [float(np.max(np.abs(p.grad))) for p in reference.parameters() if p.grad is not None] + [0.0])
+    floor = max(GRADIENT_SCALE_FLOOR * scale, ERROR_FLOOR)
+    for i, (a, b) in enumerate(zip(got_grads, want_grads)):
+        assert (a is None) == (b is None), f"{case_name}: input {i} gradient presence differs"
+        if b is not None:
+            assert_close(rt.to_numpy(a).astype(np.float64), b, dtype, f"{case_name}: d input {i}", GRADIENT_TOL,
+                         floor)
+    got_params = dict(backend.named_parameters())
+    for name, p in reference.named_parameters():
+        assert_close(rt.to_numpy(got_params[name].grad).astype(np.float64), p.grad, dtype,
+                     f"{case_name}: d {name}", GRADIENT_TOL, floor)
