@@ -41,6 +41,12 @@ def _info(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from accelerated.bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def add_training_commands(sub) -> None:
     from .train import add_commands
 
@@ -58,6 +64,10 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="backends, devices and versions")
     info.set_defaults(run=_info)
     add_training_commands(sub)  # train, decode, plot-attention
+    bench = sub.add_parser("bench", help="benchmarks (python -m accelerated.bench): attention, training, cpu",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     if getattr(args, "max_entries", None) == 0:
         args.max_entries = None

@@ -1,0 +1,94 @@
+"""The benchmark suite (accelerated.bench): FLOP formulas, the JSON schema, a tiny `cpu` run; GPU parts skip."""
+
+import json
+
+import pytest
+
+from accelerated.bench import common
+from accelerated.bench.__main__ import main as bench_main
+
+
+def test_attention_flops():
+    assert common.attention_flops(128, 1024, 64) == 4 * 128 * 1024**2 * 64
+    assert common.attention_flops(128, 1024, 64, causal=True) == 2 * 128 * 1024**2 * 64
+    assert common.attention_flops(2, 8, 4, backward=True) == pytest.approx(3.5 * 4 * 2 * 64 * 4)
+
+
+def test_transformer_step_flops_matches_parameter_count():
+    pytest.importorskip("torch")
+    import accelerated.torch as rt
+
+    d, ff, le, ld, v, b, s = 32, 64, 2, 1, 11, 3, 5
+    flops = common.transformer_step_flops(d, ff, le, ld, v, b, s, s)
+    model = rt.Transformer(v, v, d, 4, ff, le, ld, dropout=0.0, seed=0)
+    matmul = sum(p.numel() for name, p in model.named_parameters()
+                 if name.endswith("weight") and p.ndim == 2 and "embedding" not in name)
+    assert flops["dense"] == 6 * matmul * b * s
+    assert flops["attention"] == 12 * b * d * (le * s * s + ld * 2 * s * s)
+    assert common.peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert common.peak_tflops("NVIDIA H100 80GB HBM3", "tf32") == 494.0
+    assert common.peak_tflops("AMD EPYC", "bf16") is None
+
+
+def test_validate_names_the_missing_key():
+    document = common.record("cpu", "cmd", "cpu", {}, [])
+    assert common.validate(document) is document
+    del document["versions"]["cupy"]
+    with pytest.raises(ValueError, match="cupy"):
+        common.validate(document)
+    with pytest.raises(ValueError, match="results"):
+        common.validate({k: v for k, v in document.items() if k != "results"})
+
+
+def test_tiny_cpu_run_writes_valid_json(tmp_path):
+    pytest.importorskip("torch")
+    assert bench_main(["cpu", "--steps", "2", "--warmup", "1", "--threads", "1", "--batch-size", "8",
+                       "--no-profile", "--out", str(tmp_path)]) == 0
+    document = common.validate(json.loads((tmp_path / "cpu.json").read_text()))
+    assert document["suite"] == "cpu" and document["device"]["kind"] == "cpu"
+    assert document["versions"]["numpy"] and document["versions"]["torch"]
+    assert {r["backend"] for r in document["results"]} == {"numpy", "torch"}
+    for row in document["results"]:
+        assert row["median_ms"] > 0 and row["reps"] == 2 and row["ratio_reference_over_torch"] > 0
+    assert (tmp_path / "cpu.png").stat().st_size > 0
+
+
+def test_rosetta_bench_delegates(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from reference.cli import main
+
+    assert main(["bench", "cpu", "--steps", "1", "--warmup", "0", "--threads", "1", "--batch-size", "4",
+                 "--no-profile", "--out", str(tmp_path)]) == 0
+    assert "ref/torch" in capsys.readouterr().out
+
+
+def test_training_needs_a_gpu_without_config_cpu(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CPU refusal does not apply")
+    assert bench_main(["training", "--out", str(tmp_path)]) == 2
+    assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_attention_without_gpu_says_why(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: this checks the reasons given without one")
+    assert bench_main(["attention", "--seq-lens", "16", "--head-dims", "64", "--dtypes", "float32",
+                       "--causal", "no", "--numpy-batch-heads", "2", "--warmup", "0", "--reps", "1",
+                       "--out", str(tmp_path)]) == 0
+    document = common.validate(json.loads((tmp_path / "attention.json").read_text()))
+    status = {r["implementation"]: r["status"] for r in document["results"]}
+    assert status["torch-sdpa"].startswith("unavailable: no CUDA device")
+    assert status["numpy-reference"] == "ok"
+
+
+def test_gpu_attention_run(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (the GPU benchmark)")
+    assert bench_main(["attention", "--seq-lens", "256", "--head-dims", "64", "--dtypes", "float16",
+                       "--implementations", "torch-sdpa,torch-plain", "--warmup", "1", "--reps", "2",
+                       "--out", str(tmp_path)]) == 0
+    document = common.validate(json.loads((tmp_path / "attention.json").read_text()))
+    assert all(r["tflops"] > 0 for r in document["results"])
