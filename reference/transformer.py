@@ -51,6 +51,20 @@ def check_flag(name: str, value) -> bool:
     return bool(value)
 
 
+
+def check_transformer_sizes(src_vocab_size, tgt_vocab_size, d_model, max_len, tie_embeddings) -> tuple:
+    """The Transformer's size arguments, checked (every backend's Transformer calls this)."""
+    sizes = (check_positive_int("src_vocab_size", src_vocab_size), check_positive_int("tgt_vocab_size", tgt_vocab_size),
+             check_positive_int("d_model", d_model), check_positive_int("max_len", max_len))
+    tie = check_flag("tie_embeddings", tie_embeddings)
+    if tie and src_vocab_size != tgt_vocab_size:
+        raise ValueError(
+            f"tie_embeddings=True shares one table between source, target and output, so it needs "
+            f"src_vocab_size == tgt_vocab_size, got {src_vocab_size} and {tgt_vocab_size}"
+        )
+    return (*sizes, tie)
+
+
 class Transformer(Module):
     r"""Encoder-decoder Transformer; the defaults are the paper's base model.
 
@@ -101,16 +115,9 @@ class Transformer(Module):
         dtype=None,
     ):
         super().__init__()
-        self.src_vocab_size = check_positive_int("src_vocab_size", src_vocab_size)
-        self.tgt_vocab_size = check_positive_int("tgt_vocab_size", tgt_vocab_size)
-        self.d_model = check_positive_int("d_model", d_model)
-        self.max_len = check_positive_int("max_len", max_len)
-        self.tie_embeddings = check_flag("tie_embeddings", tie_embeddings)
-        if self.tie_embeddings and src_vocab_size != tgt_vocab_size:
-            raise ValueError(
-                f"tie_embeddings=True shares one table between source, target and output, so it needs "
-                f"src_vocab_size == tgt_vocab_size, got {src_vocab_size} and {tgt_vocab_size}"
-            )
+        (self.src_vocab_size, self.tgt_vocab_size, self.d_model, self.max_len,
+         self.tie_embeddings) = check_transformer_sizes(src_vocab_size, tgt_vocab_size, d_model, max_len,
+                                                        tie_embeddings)
         self.dtype = resolve_dtype(dtype)
         stack = dict(dropout=dropout, activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps,
                      bias=bias, final_norm=True, max_len=max_len, positional="sinusoidal", scale_embedding=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -9,11 +11,12 @@ from .checks import check_choice, check_tensor
 from .module import Module
 
 
-class Elementwise(Module):
+class Elementwise(Module, ABC):
     """y = φ(x) elementwise; a subclass states φ with a torch function. Gradients: autograd."""
 
-    def function(self, x):  # φ
-        raise NotImplementedError(f"{type(self).__name__} must define function")
+    @abstractmethod
+    def function(self, x):
+        """φ(x), defined by each subclass."""
 
     def derivative(self, x):  # φ'(x), elementwise: the gradient of Σ φ(x), by autograd
         with torch.enable_grad():

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from reference import embedding as reference_embedding
-from reference.transformer import check_cached_length, check_flag
+from reference.transformer import check_cached_length, check_transformer_sizes
 
 from .arrays import resolve_dtype
-from .checks import check_positive_int, check_size, check_tensor, check_token_ids
+from .checks import check_size, check_tensor, check_token_ids
 from .decoder import Decoder
 from .encoder import Encoder
 from .kv_cache import check_cache
@@ -107,16 +107,9 @@ class Transformer(TiedStateDict, Module):
         dtype=None,
     ):
         super().__init__()
-        self.src_vocab_size = check_positive_int("src_vocab_size", src_vocab_size)
-        self.tgt_vocab_size = check_positive_int("tgt_vocab_size", tgt_vocab_size)
-        self.d_model = check_positive_int("d_model", d_model)
-        self.max_len = check_positive_int("max_len", max_len)
-        self.tie_embeddings = check_flag("tie_embeddings", tie_embeddings)
-        if self.tie_embeddings and src_vocab_size != tgt_vocab_size:
-            raise ValueError(
-                f"tie_embeddings=True shares one table between source, target and output, so it needs "
-                f"src_vocab_size == tgt_vocab_size, got {src_vocab_size} and {tgt_vocab_size}"
-            )
+        (self.src_vocab_size, self.tgt_vocab_size, self.d_model, self.max_len,
+         self.tie_embeddings) = check_transformer_sizes(src_vocab_size, tgt_vocab_size, d_model, max_len,
+                                                        tie_embeddings)
         self._dtype = resolve_dtype(dtype)
         stack = dict(dropout=dropout, activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps,
                      bias=bias, final_norm=True, max_len=max_len, positional="sinusoidal", scale_embedding=True,
