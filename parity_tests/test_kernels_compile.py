@@ -24,19 +24,23 @@ KERNEL_DIR = ROOT / "accelerated" / "cupy" / "kernels"
 ARCHS = ("sm_80", "sm_90")
 
 
-def _load_launcher():
-    """accelerated/cupy/flash_attention_kernels.py by path: the package's __init__ needs a GPU, the helpers do not."""
-    name = "rosetta_flash_attention_kernels"
+def _load_by_path(name: str, filename: str):
+    """accelerated/cupy/<filename> by path: the package's __init__ needs a GPU, these helpers do not."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "accelerated" / "cupy" / "flash_attention_kernels.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "accelerated" / "cupy" / filename)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
+def _load_launcher():
+    return _load_by_path("rosetta_flash_attention_kernels", "flash_attention_kernels.py")
+
+
 fa = _load_launcher()
+nvrtc = _load_by_path("rosetta_nvrtc", "nvrtc.py")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -88,6 +92,72 @@ def test_flash_attention_entry_points_compiled(compiled, arch):
     assert sorted(entries) == sorted(fa.all_kernel_names())
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
     assert spills and all(s == ("0", "0") for s in spills), result.stderr[-4000:]
+
+
+# ------------------------------------------------------------------------------------------------
+# NVRTC compilation, exactly as cupy.RawModule compiles at run time (no GPU, no CuPy needed)
+# ------------------------------------------------------------------------------------------------
+
+def _nvrtc_missing():
+    if nvrtc.load_nvrtc() is None:
+        return "no NVRTC library (pip install nvidia-cuda-nvrtc; the test extra does on Linux x86-64)"
+    if nvrtc.cuda_include_dir() is None:
+        return "no CUDA headers (cuda_fp16.h) found (pip install nvidia-cuda-runtime, or set CUDA_PATH)"
+    return None
+
+
+needs_nvrtc = pytest.mark.skipif(_nvrtc_missing() is not None, reason=str(_nvrtc_missing()))
+NVRTC_ARCHS = ("compute_80", "compute_90")
+
+
+@pytest.fixture(scope="session")
+def nvrtc_ptx():
+    """ptx(file, arch) -> the PTX NVRTC makes of it with the launchers' options, once per session."""
+    cache = {}
+
+    def ptx(path: Path, arch: str) -> str:
+        if (path.name, arch) not in cache:
+            cache[(path.name, arch)] = nvrtc.compile_ptx(path.read_text(), path.name, arch=arch)
+        return cache[(path.name, arch)]
+
+    return ptx
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", NVRTC_ARCHS)
+@pytest.mark.parametrize("path", _kernel_files(), ids=lambda p: p.name)
+def test_kernel_file_compiles_under_nvrtc(nvrtc_ptx, path, arch):
+    """Every file compiles with NVRTC and the run-time options, and defines each extern "C" kernel it declares."""
+    ptx = nvrtc_ptx(path, arch)
+    entries = set(re.findall(r"^\.visible \.entry (\w+)\(", ptx, re.MULTILINE))
+    assert entries, f"NVRTC made no kernels of {path.name}"
+    if path == fa.KERNEL_FILE:
+        assert entries == set(fa.all_kernel_names())
+
+
+@needs_nvrtc
+def test_nvrtc_errors_carry_the_log():
+    with pytest.raises(nvrtc.NvrtcError, match="undefined_name"):
+        nvrtc.compile_ptx('extern "C" __global__ void k(float* x) { x[0] = undefined_name; }', "broken.cu")
+
+
+def test_compile_options_name_the_cuda_headers(monkeypatch, tmp_path):
+    (tmp_path / "cuda_fp16.h").write_text("// a stand-in\n")
+    monkeypatch.setenv(nvrtc.INCLUDE_ENV, str(tmp_path))
+    nvrtc.cuda_include_dir.cache_clear()
+    try:
+        assert nvrtc.compile_options() == ("--std=c++17", f"-I{tmp_path}")
+    finally:
+        nvrtc.cuda_include_dir.cache_clear()
+
+
+def test_compile_options_skip_a_folder_without_the_headers(monkeypatch, tmp_path):
+    monkeypatch.setenv(nvrtc.INCLUDE_ENV, str(tmp_path))  # empty: not the CUDA headers
+    nvrtc.cuda_include_dir.cache_clear()
+    try:
+        assert nvrtc.cuda_include_dir() != tmp_path
+    finally:
+        nvrtc.cuda_include_dir.cache_clear()
 
 
 # ------------------------------------------------------------------------------------------------

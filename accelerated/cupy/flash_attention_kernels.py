@@ -29,7 +29,6 @@ THREADS = 128
 FORWARD_BLOCK_M = {"float32": 16, "float16": 64, "bfloat16": 64}
 PREPROCESS_ROWS_PER_BLOCK = THREADS // 32
 CONVERT_THREADS = 256
-COMPILE_OPTIONS = ("--std=c++17",)
 
 _module = None
 
@@ -177,9 +176,9 @@ def load_module():
     """The compiled cupy.RawModule of flash_attention.cu (NVRTC, on first call)."""
     global _module
     if _module is None:
-        import cupy
+        from .nvrtc import raw_module  # a package-relative import: only reached where CuPy runs
 
-        _module = cupy.RawModule(code=KERNEL_FILE.read_text(), options=COMPILE_OPTIONS, name_expressions=None)
+        _module = raw_module(KERNEL_FILE)
     return _module
 
 

@@ -27,9 +27,9 @@ def supports(dtype) -> bool:
 @functools.lru_cache(maxsize=None)
 def module(filename: str):
     """The compiled RawModule of kernels/<filename> (compiled once per process)."""
-    import cupy
+    from .nvrtc import raw_module  # a package-relative import: only reached where CuPy runs
 
-    return cupy.RawModule(code=(KERNEL_DIR / filename).read_text(), options=("--std=c++17",))
+    return raw_module(KERNEL_DIR / filename)
 
 
 def kernel(filename: str, name: str, dtype):

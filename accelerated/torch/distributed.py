@@ -26,6 +26,7 @@ steps as one process up to floating-point summation order (docs/distributed.md).
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 
 import numpy as np
@@ -204,17 +205,27 @@ class DistributedContext:
 
     # ---- the end ------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Tear down the process group this context set up (one set up before is left alone)."""
+    def close(self, wait: bool = True) -> None:
+        """Tear down the process group this context set up (one set up before is left alone).
+
+        Every rank first waits for the others, so none closes its sockets while a peer still
+        talks; then, after the group is destroyed, objects that still hold it (a dropped DDP
+        wrapper in a reference cycle) are collected now, while the interpreter is whole:
+        gloo's worker threads left to interpreter shutdown abort the process. wait=False skips
+        the wait (a rank leaving on an error must not block on peers that may never arrive).
+        """
         if self._owns_group and torch_dist.is_initialized():
+            if wait:
+                torch_dist.barrier()
             torch_dist.destroy_process_group()
+            gc.collect()
         self._owns_group = False
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc_info):
-        self.close()
+    def __exit__(self, exc_type, exc_value, traceback):
+        self.close(wait=exc_type is None)
         return False
 
     def __repr__(self) -> str:
