@@ -88,6 +88,8 @@ class Deriver:
             namespace["xp"] = self.xp
             namespace["__init__"] = self._adopting_init(cls.__init__)
         mixin = OVERRIDES.get(cls.__name__) if cls.__module__.startswith("reference.") else None
+        if mixin is not None:
+            namespace["xp"] = self.xp  # every mixin asks xp whether its fused path applies (AdamW is no Module)
         derived = type(cls.__name__, (mixin, cls) if mixin else (cls,), namespace)
         self.classes[cls] = derived
         return derived

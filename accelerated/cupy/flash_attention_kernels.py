@@ -186,6 +186,11 @@ def get_kernel(name: str):
     return load_module().get_function(name)
 
 
+def device_pointer(x) -> int:
+    """The address of a CuPy array's first element (the CPU emulator in parity_tests swaps this)."""
+    return x.data.ptr
+
+
 def _prepare(x, d: int, cupy):
     """Contiguous, 16-byte aligned, last axis zero-padded to d."""
     if x.shape[-1] != d:
@@ -193,7 +198,7 @@ def _prepare(x, d: int, cupy):
         padded[..., : x.shape[-1]] = x
         return padded
     x = cupy.ascontiguousarray(x)
-    if x.data.ptr % 16:
+    if device_pointer(x) % 16:
         x = x.copy()  # the half-precision kernels read 16-byte pieces
     return x
 

@@ -32,6 +32,11 @@ def module(filename: str):
     return raw_module(KERNEL_DIR / filename)
 
 
+def device_pointer(x) -> int:
+    """The address of a CuPy array's first element (the CPU emulator in parity_tests swaps this)."""
+    return x.data.ptr
+
+
 def kernel(filename: str, name: str, dtype):
     if not supports(dtype):
         raise TypeError(f"the fused kernels take float32, float16 or bfloat16 arrays, got {dtype}")
@@ -179,7 +184,7 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, betas, eps, weig
     chunks = [(i, start) for i, size in enumerate(sizes) for start in range(0, int(size), chunk_size)]
     if not chunks:
         return
-    pointers = [cupy.asarray(np.array([a.data.ptr for a in group], dtype=np.uint64))
+    pointers = [cupy.asarray(np.array([device_pointer(a) for a in group], dtype=np.uint64))
                 for group in (params, grads, exp_avgs, exp_avg_sqs)]
     step_size = np.array([lr / (1 - beta1**t) for t in steps], dtype=np.float32)
     bias2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in steps], dtype=np.float32)

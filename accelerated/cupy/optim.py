@@ -19,7 +19,7 @@ class FusedAdamW:
             if param.grad is None:
                 continue
             data = param.data
-            if (type(data).__module__.startswith("cupy") and fused_kernels.supports(data.dtype)
+            if (self.xp.__name__ == "cupy" and isinstance(data, self.xp.ndarray) and fused_kernels.supports(data.dtype)
                     and data.flags.c_contiguous and param.grad.flags.c_contiguous and param.grad.dtype == data.dtype):
                 groups.setdefault(str(data.dtype), []).append((index, param))
             else:
@@ -29,10 +29,8 @@ class FusedAdamW:
             for index, param in members:
                 state = self.state.get(index)
                 if state is None:
-                    import cupy
-
-                    state = self.state[index] = {"step": 0, "exp_avg": cupy.zeros_like(param.data),
-                                                 "exp_avg_sq": cupy.zeros_like(param.data)}
+                    state = self.state[index] = {"step": 0, "exp_avg": self.xp.zeros_like(param.data),
+                                                 "exp_avg_sq": self.xp.zeros_like(param.data)}
                 state["step"] += 1
                 states.append(state)
             fused_kernels.adamw_step([p.data for _, p in members], [p.grad for _, p in members],

@@ -82,11 +82,15 @@ template <typename T> struct Mma;
 
 template <> struct Mma<__half> {
     static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+#ifndef ROSETTA_HOST_EMULATION
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
             "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else  // CPU tests: parity_tests/cuda_emulation/host_runtime.h emulates the instruction
+        rosetta_emu::mma_m16n8k16<__half>(c, a, b0, b1);
+#endif
     }
     static __device__ __forceinline__ unsigned pack(float lo, float hi) {
         __half2 h = __floats2half2_rn(lo, hi);
@@ -96,11 +100,15 @@ template <> struct Mma<__half> {
 
 template <> struct Mma<__nv_bfloat16> {
     static __device__ __forceinline__ void run(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+#ifndef ROSETTA_HOST_EMULATION
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
             "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else  // CPU tests: parity_tests/cuda_emulation/host_runtime.h emulates the instruction
+        rosetta_emu::mma_m16n8k16<__nv_bfloat16>(c, a, b0, b1);
+#endif
     }
     static __device__ __forceinline__ unsigned pack(float lo, float hi) {
         __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
