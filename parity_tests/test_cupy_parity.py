@@ -5,36 +5,59 @@ backend's, its parameters move to the device in the tested dtype) and run on the
 rounded to that dtype; outputs, input gradients and every parameter gradient must agree within
 parity_tests/tolerances.py. The reference runs on the same rounded inputs and parameters.
 
-The same harness runs in CI on the CPU with the backend factory fed NumPy (``derived-numpy``),
-so the harness itself is tested without a GPU; the ``cupy`` cases need CuPy and a CUDA device.
+The same harness runs in CI on the CPU twice: with the backend factory fed NumPy
+(``derived-numpy``: the harness and the shared code), and with a stand-in ``cupy`` whose kernels
+run in the host emulator of the CUDA execution model (``emulated-cupy``: the fused routes,
+launchers and kernels themselves, see parity_tests/emulated_cupy.py). The ``cupy`` cases need
+CuPy and a CUDA device.
 """
 
+import contextlib
 import copy
 
 import numpy as np
 import pytest
 
+from parity_tests import emulated_cupy
 from parity_tests.backends import BACKENDS, backend_dtype_params, round_to
-from parity_tests.tolerances import (ERROR_FLOOR, FORWARD_TOL, GRADIENT_SCALE_FLOOR, GRADIENT_TOL,
-                                     assert_close)
+from parity_tests.tolerances import (
+    ERROR_FLOOR,
+    FORWARD_TOL,
+    GRADIENT_SCALE_FLOOR,
+    GRADIENT_TOL,
+    assert_close,
+)
 from reference.gradcheck_suite import _cases
 
 CASES = {case.name: case for case in _cases()}
 
 
 def derived_numpy_namespace():
-    from parity_tests.test_cupy_backend import load_backend  # backend.py without the package's GPU check
+    from parity_tests.test_cupy_backend import (
+        load_backend,  # backend.py without the package's GPU check
+    )
 
     return load_backend().make_namespace(np, "parity_tests.derived_numpy")
 
 
+@contextlib.contextmanager
 def namespace_for(backend_name: str):
-    if backend_name == "derived-numpy":
-        return derived_numpy_namespace()
-    return BACKENDS["cupy"].rt
+    if backend_name == "emulated-cupy":
+        with emulated_cupy.emulated_cupy() as rt:
+            yield rt
+    elif backend_name == "derived-numpy":
+        yield derived_numpy_namespace()
+    else:
+        yield BACKENDS["cupy"].rt
 
 
+EMULATION_MISSING = emulated_cupy.unavailable_reason()
+#: float16 only for the fused paths: bfloat16 arrays need ml_dtypes, and float32 is the derived-numpy run's
 PARAMS = [pytest.param("derived-numpy", dtype, id=f"derived-numpy-{dtype}") for dtype in ("float64", "float32")]
+PARAMS += [pytest.param("emulated-cupy", dtype, id=f"emulated-cupy-{dtype}",
+                        marks=pytest.mark.skipif(EMULATION_MISSING is not None,
+                                                 reason=f"CUDA kernels on the CPU emulator: {EMULATION_MISSING}"))
+           for dtype in ("float32", "float16")]
 PARAMS += [pytest.param("cupy", p.values[1], id=p.id, marks=p.marks) for p in backend_dtype_params("cupy")]
 
 
@@ -56,7 +79,11 @@ def _as_tuple(x):
 @pytest.mark.parametrize("backend_name,dtype", PARAMS)
 @pytest.mark.parametrize("case_name", list(CASES))
 def test_backend_matches_reference(case_name, backend_name, dtype):
-    rt = namespace_for(backend_name)
+    with namespace_for(backend_name) as rt:
+        check_case(rt, case_name, dtype)
+
+
+def check_case(rt, case_name: str, dtype: str) -> None:
     case = CASES[case_name]
     floats = [isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in case.inputs]
     inputs = [round_to(x, dtype) if f else x for x, f in zip(case.inputs, floats)]
@@ -99,3 +126,27 @@ def test_backend_matches_reference(case_name, backend_name, dtype):
     for name, p in reference.named_parameters():
         assert_close(rt.to_numpy(got_params[name].grad).astype(np.float64), p.grad, dtype,
                      f"{case_name}: d {name}", GRADIENT_TOL, floor)
+
+
+#: gradcheck-suite cases whose CuPy forward and backward take fused kernels (the others share the reference's code)
+FUSED_CASES = {
+    "LayerNorm": ("norm_forward", "norm_backward_input", "norm_backward_params"),
+    "RMSNorm": ("norm_forward", "norm_backward_input", "norm_backward_params"),
+    "scaled_dot_product_attention (causal)": ("flash_fwd", "flash_bwd_preprocess", "flash_bwd"),
+    "scaled_dot_product_attention (grouped kv)": ("flash_fwd", "flash_bwd_preprocess", "flash_bwd"),
+    "MultiHeadAttention (self, causal, padding)": ("flash_fwd", "flash_bwd"),
+    "EncoderLayer (pre-norm, rmsnorm)": ("flash_fwd", "flash_bwd", "norm_forward", "norm_backward_input"),
+}
+
+
+@pytest.mark.skipif(EMULATION_MISSING is not None, reason=f"CUDA kernels on the CPU emulator: {EMULATION_MISSING}")
+@pytest.mark.parametrize("case_name", list(FUSED_CASES))
+def test_emulated_cases_take_the_fused_kernels(case_name):
+    """The emulated-cupy parity above is about the kernels: these cases must really launch them."""
+    emulated_cupy.LAUNCHES.clear()
+    with emulated_cupy.emulated_cupy() as rt:
+        check_case(rt, case_name, "float16")
+    launched = {name.rsplit("_", 2)[0] if name.startswith("flash") else name.rsplit("_", 1)[0]
+                for name in emulated_cupy.LAUNCHES}
+    missing = [kernel for kernel in FUSED_CASES[case_name] if kernel not in launched]
+    assert not missing, f"{case_name}: kernels {missing} never launched (launched: {sorted(emulated_cupy.LAUNCHES)})"

@@ -207,6 +207,19 @@ def test_forward_grid_covers_every_row(B, H, L, element_type):
     assert grid[0] * bm >= L and (grid[0] - 1) * bm < max(L, 1)
 
 
+def test_grids_keep_batch_times_heads_within_cuda_grid_y():
+    assert fa.forward_grid(65535, 1, 10, "float16")[0][1] == 65535
+    with pytest.raises(ValueError, match=r"batch × heads must be <= 65535.*got 4097 × 16 = 65552"):
+        fa.forward_grid(4097, 16, 10, "float16")
+    with pytest.raises(ValueError, match="batch × heads"):
+        fa.backward_grid(65536, 1, 10, 64)
+    big = np.empty((0,), dtype=np.float16)  # supports() reads shapes and dtypes only
+    shape_q, shape_kv = (4096, 16, 1, 64), (4096, 16, 1, 64)  # 65536 (batch, head) pairs: one too many
+    as_array = lambda shape: np.lib.stride_tricks.as_strided(big, shape=shape, strides=(0,) * 4)
+    assert not fa.supports(as_array(shape_q), as_array(shape_kv), as_array(shape_kv))  # → the unfused path
+    assert fa.supports(as_array((4095, 16, 1, 64)), as_array((4095, 16, 1, 64)), as_array((4095, 16, 1, 64)))
+
+
 @given(B=st.integers(1, 5), Hkv=st.integers(1, 8), S=st.integers(0, 1000), head_dim=st.sampled_from(fa.HEAD_DIMS))
 def test_backward_grids_cover_every_key_and_row(B, Hkv, S, head_dim):
     grid, block = fa.backward_grid(B, Hkv, S, head_dim)

@@ -17,7 +17,8 @@ The hook (the only place the CuPy backend's attention differs from the reference
 The launchers it calls, in accelerated/cupy/flash_attention_kernels.py:
 
     flash_attention_forward(q, k, v, *, scale, causal, key_valid) -> (out, lse)
-        q (B, H, L, E), k (B, H, S, E), v (B, H, S, Ev): contiguous, one dtype; key_valid: None or bool (B, S)
+        q (B, H, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev) with H % Hkv == 0: contiguous, one dtype;
+        key_valid: None or bool (B, S)
         out (B, H, L, Ev) in q's dtype; lse (B, H, L) float32; a row with no allowed key gives out = 0
     flash_attention_backward(q, k, v, out, lse, d_out, *, scale, causal, key_valid) -> (dq, dk, dv)
         gradients in q's dtype; 0 for fully masked rows
@@ -72,14 +73,12 @@ class FlashScaledDotProductAttention:
         if plan is None:
             return super().forward(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
                                    enable_gqa=enable_gqa)
-        fk, scale, group, key_valid = plan
-        xp = self.xp
-        k = xp.repeat(key, group, axis=-3) if group > 1 else key  # (B, H, S, E)
-        v = xp.repeat(value, group, axis=-3) if group > 1 else value  # (B, H, S, Ev)
-        q, k, v = (xp.ascontiguousarray(a) for a in (query, k, v))
+        fk, scale, key_valid = plan
+        # grouped kv heads go in as they are: query head h reads kv head h // (H / Hkv) inside the kernel
+        q, k, v = (self.xp.ascontiguousarray(a) for a in (query, key, value))  # (B, H, L, E), (B, Hkv, S, E|Ev)
         out, lse = fk.flash_attention_forward(q, k, v, scale=scale, causal=bool(is_causal), key_valid=key_valid)
         self.save_for_backward(fused=True, query=q, k=k, v=v, out=out, lse=lse, scale=scale, causal=bool(is_causal),
-                               key_valid=key_valid, group=group, key_shape=key.shape, value_shape=value.shape)
+                               key_valid=key_valid)
         return out
 
     def backward(self, grad_output):
@@ -88,14 +87,10 @@ class FlashScaledDotProductAttention:
             return super().backward(grad_output)
         q, k, v = saved["query"], saved["k"], saved["v"]
         d_out = self.check_grad_output(grad_output, q.shape[:-1] + (v.shape[-1],))
-        dq, dk, dv = flash_kernels().flash_attention_backward(
+        # dk, dv (B, Hkv, S, ·): the kernel sums over the query heads that share each kv head
+        return flash_kernels().flash_attention_backward(
             q, k, v, saved["out"], saved["lse"], self.xp.ascontiguousarray(d_out), scale=saved["scale"],
             causal=saved["causal"], key_valid=saved["key_valid"])
-        group = saved["group"]
-        if group > 1:  # ← from the repeat of kv heads: sum over the query heads sharing one
-            dk = dk.reshape(saved["key_shape"][:-3] + (-1, group) + dk.shape[-2:]).sum(axis=-3)
-            dv = dv.reshape(saved["value_shape"][:-3] + (-1, group) + dv.shape[-2:]).sum(axis=-3)
-        return dq, dk, dv
 
     @property
     def attention_weights(self):
@@ -106,7 +101,7 @@ class FlashScaledDotProductAttention:
         return saved["probs"]
 
     def _flash_plan(self, query, key, value, attn_mask, is_causal, scale, enable_gqa):
-        """(launchers, scale, group, key_valid) when the fused kernel applies, else None."""
+        """(launchers, scale, key_valid) when the fused kernel applies, else None."""
         xp = self.xp
         if xp.__name__ != "cupy" or not self.fused_allowed or (self.training and self.dropout_p > 0.0):
             return None
@@ -117,7 +112,7 @@ class FlashScaledDotProductAttention:
         fk = flash_kernels()
         if fk is None or not fk.supports(query, key, value):  # e.g. head dim > 128: the shared path
             return None
-        group = _check_qkv(query, key, value, enable_gqa, xp)  # bad input raises the reference's errors
+        _check_qkv(query, key, value, enable_gqa, xp)  # bad input raises the reference's errors
         scale = _check_scale(scale, query.shape[-1])
         B, H, L, _ = query.shape
         S = key.shape[-2]
@@ -127,7 +122,7 @@ class FlashScaledDotProductAttention:
             key_valid = key_padding_only(attn_mask, xp, B, H, L, S)
             if key_valid is None:
                 return None
-        return fk, scale, group, key_valid
+        return fk, scale, key_valid
 
 
 class FlashMultiHeadAttention:

@@ -78,10 +78,21 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+#: CUDA's limit on gridDim.y, where the kernels put batch × heads
+MAX_GRID_Y = 65535
+
+
+def check_batch_heads(batch: int, heads: int) -> int:
+    if batch * heads > MAX_GRID_Y:
+        raise ValueError(f"batch × heads must be <= {MAX_GRID_Y} (the kernels' grid.y) for the fused kernel, "
+                         f"got {batch} × {heads} = {batch * heads}")
+    return batch * heads
+
+
 def forward_grid(batch: int, heads: int, q_len: int, element_type: str) -> tuple:
     """(grid, block) of flash_fwd_*: one block per FORWARD_BLOCK_M query rows of one (batch, head)."""
     bm = FORWARD_BLOCK_M[check_element_type(element_type)]
-    return (max(_ceil_div(q_len, bm), 1), batch * heads, 1), (THREADS, 1, 1)
+    return (max(_ceil_div(q_len, bm), 1), check_batch_heads(batch, heads), 1), (THREADS, 1, 1)
 
 
 def preprocess_grid(batch: int, heads: int, q_len: int) -> tuple:
@@ -92,7 +103,7 @@ def preprocess_grid(batch: int, heads: int, q_len: int) -> tuple:
 
 def backward_grid(batch: int, kv_heads: int, k_len: int, head_dim: int) -> tuple:
     """(grid, block) of flash_bwd_*: one block per backward_block(head_dim) keys of one (batch, kv head)."""
-    return (max(_ceil_div(k_len, backward_block(head_dim)), 1), batch * kv_heads, 1), (THREADS, 1, 1)
+    return (max(_ceil_div(k_len, backward_block(head_dim)), 1), check_batch_heads(batch, kv_heads), 1), (THREADS, 1, 1)
 
 
 def convert_grid(n: int) -> tuple:
@@ -131,10 +142,12 @@ def padded_head_dim(head_dim: int) -> int:
 
 
 def supports(query, key, value) -> bool:
-    """Whether the kernels take these arrays (4-d, one float32/float16/bfloat16 dtype, head dims <= 128)."""
+    """Whether the kernels take these arrays (4-d, one float32/float16/bfloat16 dtype, head dims <= 128,
+    batch × heads within the grid)."""
     try:
         element_type_of(query.dtype)
-        check_shapes(query.shape, key.shape, value.shape)
+        B, H = check_shapes(query.shape, key.shape, value.shape)[:2]
+        check_batch_heads(B, H)
     except (TypeError, ValueError):
         return False
     return key.dtype == query.dtype and value.dtype == query.dtype
@@ -176,7 +189,9 @@ def load_module():
     """The compiled cupy.RawModule of flash_attention.cu (NVRTC, on first call)."""
     global _module
     if _module is None:
-        from .nvrtc import raw_module  # a package-relative import: only reached where CuPy runs
+        from .nvrtc import (
+            raw_module,  # a package-relative import: only reached where CuPy runs
+        )
 
         _module = raw_module(KERNEL_FILE)
     return _module

@@ -24,10 +24,12 @@ def supports(dtype) -> bool:
     return str(dtype) in SUFFIX
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module(filename: str):
     """The compiled RawModule of kernels/<filename> (compiled once per process)."""
-    from .nvrtc import raw_module  # a package-relative import: only reached where CuPy runs
+    from .nvrtc import (
+        raw_module,  # a package-relative import: only reached where CuPy runs
+    )
 
     return raw_module(KERNEL_DIR / filename)
 
@@ -84,7 +86,7 @@ def norm_backward(dy, x, weight, mean, rstd, rms: bool, has_bias: bool):
         kernel("layer_norm.cu", "norm_backward_input", x2.dtype)(
             (rows,), (min(THREADS, _round_up(D, 32)),),
             (dy2, x2, weight, mean, rstd, dx, np.int32(rows), np.int32(D), np.int32(rms)))
-        rows_per_block = 64
+        rows_per_block = max(64, _ceil_div(rows, 65535))  # grid.y (row chunks) stays within CUDA's 65535
         grid = (_ceil_div(D, THREADS), _ceil_div(rows, rows_per_block))
         kernel("layer_norm.cu", "norm_backward_params", x2.dtype)(
             grid, (THREADS,),

@@ -52,7 +52,7 @@ def _include_candidates():
             yield from sorted(nvidia.glob("*/include"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_include_dir() -> Path | None:
     """The first folder holding cuda_fp16.h (see _include_candidates), or None if there is none."""
     for folder in _include_candidates():
@@ -111,7 +111,7 @@ def _library_candidates():
         yield found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_nvrtc():
     """The NVRTC shared library (ctypes.CDLL), or None when this machine has none."""
     for candidate in _library_candidates():

@@ -1,0 +1,495 @@
+"""The CuPy backend's CUDA kernels, executed on the CPU by the host emulator (parity_tests/cuda_emulation).
+
+No GPU needed: g++ compiles the real kernels/*.cu, every CUDA thread runs as a fiber, and mma.sync
+is emulated from the PTX ISA's fragment layout. Each kernel is launched exactly as the CuPy
+launchers launch it (accelerated/cupy/flash_attention_kernels.py, fused_kernels.py: argument
+order, C types, grid and block) and compared with float64 NumPy math on the same rounded inputs.
+
+Tolerances, as a fraction of the largest expected magnitude (at least 1: the data are O(1)):
+  float32   1e-5   fp32 math throughout; sums of at most a few hundred terms (u = 6e-8)
+  float16   2e-3   outputs (and, in the tensor-core forward, P before P·V) rounded to fp16: u = 4.9e-4
+  bfloat16  2e-2   the same roundings in bf16: u = 3.9e-3
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parity_tests import cuda_emulation as emu
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL_DIR = ROOT / "accelerated" / "cupy" / "kernels"
+REASON = emu.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
+
+TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
+ETYPES = ("float32", "float16", "bfloat16")
+SCHEDULES = tuple(emu.SCHEDULES)
+
+
+def _load_by_path(name: str, filename: str):
+    """accelerated/cupy/<filename> by path: the package's __init__ needs a GPU, these launchers do not."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "accelerated" / "cupy" / filename)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+fa = _load_by_path("rosetta_flash_attention_kernels", "flash_attention_kernels.py")
+fk = _load_by_path("rosetta_fused_kernels", "fused_kernels.py")
+
+
+@pytest.fixture(scope="session")
+def modules():
+    """{file name: EmulatedModule}, the five kernel files compiled in parallel once per session."""
+    files = (fa.KERNEL_FILE.name, *fk.KERNEL_FILES)
+    with ThreadPoolExecutor(max_workers=len(files)) as pool:
+        list(pool.map(lambda f: emu.compile_kernels(KERNEL_DIR / f), files))
+    return {f: emu.EmulatedModule(KERNEL_DIR / f) for f in files}
+
+
+# ------------------------------------------------------------------------------------------------
+# Element types: float32, float16 and bfloat16 (uint16 storage, round to nearest even)
+# ------------------------------------------------------------------------------------------------
+
+def to_bf16_bits(x) -> np.ndarray:
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(b) -> np.ndarray:
+    return (np.asarray(b).astype(np.uint32) << 16).view(np.float32)
+
+
+def quantize(x64, etype):
+    """(storage array of the element type, the float64 values it holds)."""
+    if etype == "bfloat16":
+        bits = to_bf16_bits(x64)
+        return bits, from_bf16_bits(bits).astype(np.float64)
+    stored = np.ascontiguousarray(x64, dtype=etype)
+    return stored, stored.astype(np.float64)
+
+
+def values(stored, etype) -> np.ndarray:
+    return from_bf16_bits(stored).astype(np.float64) if etype == "bfloat16" else stored.astype(np.float64)
+
+
+def poisoned(shape, dtype) -> np.ndarray:
+    """An output buffer of 0xFF bytes (NaN in every float type): an element the kernel skips shows."""
+    return np.full(int(np.prod(shape)) * np.dtype(dtype).itemsize, 0xFF, np.uint8).view(dtype).reshape(shape)
+
+
+def assert_close(got, want, etype, what, tol=None):
+    """Every value written and finite, within tol · max(|want|, 1) of float64 `want`."""
+    tol = TOL[etype] if tol is None else tol
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    assert np.all(np.isfinite(got)), f"{what}: {np.sum(~np.isfinite(got))} non-finite values (unwritten or NaN)"
+    scale = max(float(np.max(np.abs(want))) if want.size else 0.0, 1.0)  # O(1) data: exact zeros stay checkable
+    err = float(np.max(np.abs(got - want))) / scale if want.size else 0.0
+    assert err <= tol, f"{what} ({etype}): max error {err:.3g} of the largest value > {tol}, " \
+                       f"worst at {np.unravel_index(np.argmax(np.abs(got - want)), got.shape)}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Flash attention
+# ------------------------------------------------------------------------------------------------
+
+def attention_reference(q, k, v, d_out, keep, causal, scale):
+    """float64 forward (out, lse) and backward (dq, dk, dv); fully masked rows give 0 and lse = −inf."""
+    B, H, L, _ = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    group = H // Hkv
+    kk, vv = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    allowed = np.ones((B, H, L, S), dtype=bool)
+    if keep is not None:
+        allowed &= keep[:, None, None, :]
+    if causal:
+        allowed &= np.tril(np.ones((L, S), dtype=bool))
+    dead = ~allowed.any(-1)
+    s = scale * q @ np.swapaxes(kk, -1, -2)
+    m = np.where(dead, 0.0, np.max(np.where(allowed, s, -np.inf), axis=-1))
+    p = np.exp(np.where(allowed, s - m[..., None], -np.inf))
+    l = p.sum(-1)
+    P = p / np.where(dead, 1.0, l)[..., None]
+    out = P @ vv
+    with np.errstate(divide="ignore"):
+        lse = np.where(dead, -np.inf, m + np.log(np.where(dead, 1.0, l)))
+    dP = d_out @ np.swapaxes(vv, -1, -2)
+    dS = P * (dP - np.sum(d_out * out, axis=-1, keepdims=True))
+    dq = scale * dS @ kk
+    dk = (scale * np.swapaxes(dS, -1, -2) @ q).reshape(B, Hkv, group, S, -1).sum(2)
+    dv = (np.swapaxes(P, -1, -2) @ d_out).reshape(B, Hkv, group, S, -1).sum(2)
+    return out, lse, dq, dk, dv, dead
+
+
+def key_mask(B, S, rng, kind):
+    """(B, S) True = may attend. Key 0 is masked (with causal, row 0 sees nothing) and the last
+    batch is fully masked (every row sees nothing); "late" also masks the first key tiles of batch 0."""
+    if kind is None:
+        return None
+    keep = rng.random((B, S)) < 0.75
+    keep[:, 0] = False
+    keep[-1, :] = False
+    if kind == "late":
+        keep[0, : S - 6] = False
+    return keep
+
+
+def flash_forward(module, q, k, v, keep, causal, scale, etype, schedule):
+    """flash_attention_forward's launch: (out, lse)."""
+    B, H, L, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    mask = np.uint64(0) if keep is None else np.ascontiguousarray(keep != 0).view(np.int8)
+    out = poisoned(q.shape, q.dtype)  # cupy.empty_like(q)
+    lse = poisoned((B, H, L), np.float32)
+    grid, block = fa.forward_grid(B, H, L, etype)
+    module.get_function(fa.kernel_name("fwd", etype, D))(
+        grid, block,
+        (q, k, v, mask, out, lse, np.int32(H), np.int32(Hkv), np.int32(L), np.int32(S), np.float32(scale),
+         np.int32(bool(causal))), schedule=schedule)
+    return out, lse
+
+
+def flash_backward(module, q, k, v, out, lse, d_out, keep, causal, scale, etype, schedule):
+    """flash_attention_backward's launches: preprocess, backward, dq conversion. (dq, dk, dv)."""
+    B, H, L, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    mask = np.uint64(0) if keep is None else np.ascontiguousarray(keep != 0).view(np.int8)
+    dk, dv = np.zeros_like(k), np.zeros_like(v)
+    dq_accum = np.zeros(q.shape, dtype=np.float32)
+    delta = poisoned((B, H, L), np.float32)
+    grid, block = fa.preprocess_grid(B, H, L)
+    module.get_function(fa.kernel_name("bwd_preprocess", etype, D))(
+        grid, block, (out, d_out, delta, np.int64(B * H * L)), schedule=schedule)
+    grid, block = fa.backward_grid(B, Hkv, S, D)
+    module.get_function(fa.kernel_name("bwd", etype, D))(
+        grid, block,
+        (q, k, v, mask, d_out, lse, delta, dq_accum, dk, dv, np.int32(H), np.int32(Hkv), np.int32(L), np.int32(S),
+         np.float32(scale), np.int32(bool(causal))), schedule=schedule)
+    convert = fa.convert_kernel_name(etype)
+    if convert is None:
+        return dq_accum, dk, dv
+    dq = poisoned(q.shape, q.dtype)
+    grid, block = fa.convert_grid(dq.size)
+    module.get_function(convert)(grid, block, (dq_accum, dq, np.int64(dq.size)), schedule=schedule)
+    return dq, dk, dv
+
+
+# (element type, head dim, causal, mask, L, S): every type with every head dim, causal and not,
+# L and S off the block sizes, S > 64 (several key tiles in the tensor-core forward) and S < L.
+FLASH_CASES = [
+    ("float32", 32, False, "padding", 70, 45),
+    ("float32", 64, True, "late", 45, 100),
+    ("float32", 128, True, None, 70, 45),
+    ("float16", 32, True, "padding", 70, 45),
+    ("float16", 64, False, "late", 45, 100),
+    ("float16", 128, True, "padding", 45, 100),
+    ("bfloat16", 32, False, None, 45, 100),
+    ("bfloat16", 64, True, "padding", 70, 45),
+    ("bfloat16", 128, False, "padding", 70, 45),
+    ("float32", 64, False, None, 1, 1),
+    ("float16", 128, True, "late", 129, 65),
+    ("bfloat16", 32, True, "padding", 2, 129),
+]
+
+
+@pytest.mark.parametrize("case_index", range(len(FLASH_CASES)),
+                         ids=[f"{e}-d{d}-{'causal' if c else 'full'}-{m}-L{L}-S{S}" for e, d, c, m, L, S in FLASH_CASES])
+def test_flash_attention_forward_and_backward(modules, case_index):
+    etype, D, causal, mask_kind, L, S = FLASH_CASES[case_index]
+    schedule = SCHEDULES[case_index % len(SCHEDULES)]  # each kernel under more than one thread order
+    B, H, Hkv = 2, 4, 2
+    rng = np.random.default_rng(case_index)
+    q, q64 = quantize(rng.standard_normal((B, H, L, D)), etype)
+    k, k64 = quantize(rng.standard_normal((B, Hkv, S, D)), etype)
+    v, v64 = quantize(rng.standard_normal((B, Hkv, S, D)), etype)
+    d_out, do64 = quantize(rng.standard_normal((B, H, L, D)), etype)
+    keep = key_mask(B, S, rng, mask_kind)
+    scale = fa.resolve_scale(None, D)
+    module = modules[fa.KERNEL_FILE.name]
+    what = f"{etype} d={D} causal={causal} mask={mask_kind} L={L} S={S} schedule={schedule}"
+
+    out, lse = flash_forward(module, q, k, v, keep, causal, scale, etype, schedule)
+    want_out, want_lse, want_dq, want_dk, want_dv, dead = attention_reference(q64, k64, v64, do64, keep, causal, scale)
+    assert_close(values(out, etype), want_out, etype, f"out {what}")
+    assert np.all(np.isneginf(lse[dead])), f"lse of fully masked rows must be -inf ({what})"
+    assert_close(lse[~dead], want_lse[~dead], "float32", f"lse {what}", tol=1e-5 if etype == "float32" else 1e-4)
+    assert np.all(values(out, etype)[dead] == 0), f"fully masked rows must give 0 ({what})"
+
+    dq, dk, dv = flash_backward(module, q, k, v, out, lse, d_out, keep, causal, scale, etype, schedule)
+    for name, got, want in (("dq", dq, want_dq), ("dk", dk, want_dk), ("dv", dv, want_dv)):
+        assert_close(values(got, etype), want, etype, f"{name} {what}")
+    assert np.all(values(dq, etype)[dead] == 0), f"dq of fully masked rows must be 0 ({what})"
+
+
+@pytest.mark.parametrize("etype", ["float32", "bfloat16"])
+def test_flash_attention_is_independent_of_thread_order(modules, etype):
+    """The same bits whichever thread runs first: a missing barrier would make them differ."""
+    B, H, Hkv, L, S, D = 1, 2, 1, 40, 70, 32
+    rng = np.random.default_rng(7)
+    q, k, v, d_out = (quantize(rng.standard_normal(s), etype)[0] for s in
+                      ((B, H, L, D), (B, Hkv, S, D), (B, Hkv, S, D), (B, H, L, D)))
+    keep = rng.random((B, S)) < 0.8
+    module, scale = modules[fa.KERNEL_FILE.name], fa.resolve_scale(None, D)
+    runs = []
+    for schedule in SCHEDULES:
+        out, lse = flash_forward(module, q, k, v, keep, True, scale, etype, schedule)
+        runs.append((out, lse, *flash_backward(module, q, k, v, out, lse, d_out, keep, True, scale, etype, schedule)))
+    for other in runs[1:]:
+        for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), runs[0], other):
+            assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), f"{name} depends on the thread order"
+
+
+# ------------------------------------------------------------------------------------------------
+# LayerNorm / RMSNorm (fused_kernels.norm_forward / norm_backward)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("etype", ETYPES)
+@pytest.mark.parametrize("rms, D", [(False, 40), (True, 300)], ids=["layernorm-D40", "rmsnorm-D300"])
+def test_norm_kernels(modules, etype, rms, D):
+    rows, eps, has_bias = 70, 1e-5, not rms
+    rng = np.random.default_rng(D)
+    x, x64 = quantize(1.5 + 2 * rng.standard_normal((rows, D)), etype)
+    w, w64 = quantize(1 + 0.3 * rng.standard_normal(D), etype)
+    b, b64 = quantize(rng.standard_normal(D), etype)
+    dy, dy64 = quantize(rng.standard_normal((rows, D)), etype)
+    module = modules["layer_norm.cu"]
+    kernel = lambda name: module.get_function(f"{name}_{fk.SUFFIX[etype]}")
+    threads = min(fk.THREADS, fk._round_up(D, 32))
+
+    y, mean, rstd = poisoned(x.shape, x.dtype), poisoned(rows, np.float32), poisoned(rows, np.float32)
+    kernel("norm_forward")((rows,), (threads,),
+                           (x, w, b if has_bias else w, y, mean, rstd, np.int32(rows), np.int32(D), np.float32(eps),
+                            np.int32(rms), np.int32(has_bias)))
+    mu = np.zeros((rows, 1)) if rms else x64.mean(-1, keepdims=True)
+    r = 1 / np.sqrt(((x64 - mu) ** 2).mean(-1, keepdims=True) + eps)
+    xhat = (x64 - mu) * r
+    assert_close(values(y, etype), xhat * w64 + (b64 if has_bias else 0), etype, "norm y")
+    assert_close(mean, mu[:, 0], "float32", "mean")
+    assert_close(rstd, r[:, 0], "float32", "rstd")
+
+    dx = poisoned(x.shape, x.dtype)
+    kernel("norm_backward_input")((rows,), (threads,),
+                                  (dy, x, w, mean, rstd, dx, np.int32(rows), np.int32(D), np.int32(rms)))
+    g = dy64 * w64
+    want_dx = r * (g - (0 if rms else g.mean(-1, keepdims=True)) - xhat * (g * xhat).mean(-1, keepdims=True))
+    assert_close(values(dx, etype), want_dx, etype, "norm dx")
+
+    dweight, dbias = np.zeros(D, np.float32), np.zeros(D, np.float32)
+    rows_per_block = 64
+    kernel("norm_backward_params")((fk._ceil_div(D, fk.THREADS), fk._ceil_div(rows, rows_per_block)), (fk.THREADS,),
+                                   (dy, x, mean, rstd, dweight, dbias if has_bias else dweight, np.int32(rows),
+                                    np.int32(D), np.int32(rows_per_block), np.int32(has_bias)))
+    assert_close(dweight, (dy64 * xhat).sum(0), "float32", "dweight", tol=1e-5)
+    if has_bias:
+        assert_close(dbias, dy64.sum(0), "float32", "dbias", tol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-entropy
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("etype", ETYPES)
+@pytest.mark.parametrize("V, smoothing", [(50, 0.0), (700, 0.1)])
+def test_cross_entropy_kernels(modules, etype, V, smoothing):
+    rows, ignore_index = 6, -100
+    rng = np.random.default_rng(V)
+    z, z64 = quantize(3 * rng.standard_normal((rows, V)), etype)
+    target = rng.integers(0, V, rows).astype(np.int64)
+    target[2] = ignore_index
+    module = modules["cross_entropy.cu"]
+    threads = min(fk.THREADS * 2, fk._round_up(V, 32))
+    loss, lse = poisoned(rows, np.float32), poisoned(rows, np.float32)
+    module.get_function(f"cross_entropy_forward_{fk.SUFFIX[etype]}")(
+        (rows,), (threads,), (z, target, loss, lse, np.int32(rows), np.int32(V), np.int64(ignore_index),
+                              np.float32(smoothing)))
+    top = z64.max(-1, keepdims=True)
+    want_lse = (top + np.log(np.exp(z64 - top).sum(-1, keepdims=True)))[:, 0]
+    valid = target != ignore_index
+    picked = z64[np.arange(rows), np.where(valid, target, 0)]
+    want_loss = np.where(valid, (1 - smoothing) * (want_lse - picked) + smoothing * (want_lse - z64.mean(-1)), 0.0)
+    assert_close(lse, want_lse, "float32", "lse", tol=1e-5)
+    assert_close(loss, want_loss, "float32", "loss", tol=1e-5)
+
+    row_scale = np.where(valid, rng.random(rows) + 0.5, 0.0).astype(np.float32)
+    dz = poisoned(z.shape, z.dtype)
+    module.get_function(f"cross_entropy_backward_{fk.SUFFIX[etype]}")(
+        (rows,), (threads,), (z, target, lse, row_scale, dz, np.int32(rows), np.int32(V), np.int64(ignore_index),
+                              np.float32(smoothing)))
+    q = np.full((rows, V), smoothing / V)
+    q[np.arange(rows)[valid], target[valid]] += 1 - smoothing
+    want_dz = row_scale[:, None] * (np.exp(z64 - want_lse[:, None]) - q)
+    assert_close(values(dz, etype), want_dz, etype, "dlogits")
+
+
+# ------------------------------------------------------------------------------------------------
+# Bias + activation
+# ------------------------------------------------------------------------------------------------
+
+def activation_reference(u, name):
+    """(act(u), act'(u)) in float64."""
+    erf = np.vectorize(math.erf)
+    if name == "relu":
+        return np.maximum(u, 0), (u > 0).astype(np.float64)
+    if name == "gelu":
+        cdf = 0.5 * (1 + erf(u / math.sqrt(2)))
+        return u * cdf, cdf + u * np.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+    if name == "gelu_tanh":
+        c = math.sqrt(2 / math.pi)
+        t = np.tanh(c * (u + 0.044715 * u**3))
+        return 0.5 * u * (1 + t), 0.5 * (1 + t) + 0.5 * u * (1 - t * t) * c * (1 + 3 * 0.044715 * u * u)
+    s = 1 / (1 + np.exp(-u))
+    return u * s, s * (1 + u * (1 - s))
+
+
+@pytest.mark.parametrize("etype", ETYPES)
+@pytest.mark.parametrize("activation", sorted(fk.ACTIVATION_CODE))
+def test_bias_activation_kernels(modules, etype, activation):
+    rows, N = 7, 45
+    rng = np.random.default_rng(fk.ACTIVATION_CODE[activation])
+    x, x64 = quantize(2 * rng.standard_normal((rows, N)), etype)
+    b, b64 = quantize(rng.standard_normal(N), etype)
+    dy, dy64 = quantize(rng.standard_normal((rows, N)), etype)
+    module, n = modules["bias_activation.cu"], x.size
+    grid, block = (min(fk._ceil_div(n, fk.THREADS), 65535),), (fk.THREADS,)
+    code = np.int32(fk.ACTIVATION_CODE[activation])
+    want_y, want_grad = activation_reference(x64 + b64, activation)
+    y = poisoned(x.shape, x.dtype)
+    module.get_function(f"bias_activation_forward_{fk.SUFFIX[etype]}")(grid, block, (x, b, y, np.int64(n), np.int32(N), code))
+    assert_close(values(y, etype), want_y, etype, f"{activation} y")
+    dx = poisoned(x.shape, x.dtype)
+    module.get_function(f"bias_activation_backward_{fk.SUFFIX[etype]}")(
+        grid, block, (dy, x, b, dx, np.int64(n), np.int32(N), code))
+    assert_close(values(dx, etype), dy64 * want_grad, etype, f"{activation} dx")
+    again = poisoned(x.shape, x.dtype)  # one small block: the grid-stride loop must cover the rest
+    module.get_function(f"bias_activation_backward_{fk.SUFFIX[etype]}")(
+        (1,), (64,), (dy, x, b, again, np.int64(n), np.int32(N), code))
+    assert np.array_equal(again, dx)
+
+
+# ------------------------------------------------------------------------------------------------
+# AdamW (fused_kernels.adamw_step: every parameter in one launch, in chunks)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("etype", ETYPES)
+def test_adamw_kernel(modules, etype):
+    sizes, steps, chunk_size = (300, 70), (3, 1), 128
+    lr, (beta1, beta2), eps, weight_decay = 0.01, (0.9, 0.999), 1e-8, 0.1
+    rng = np.random.default_rng(11)
+    tensors = []  # per parameter: (stored p, g, m, v) and their float64 values
+    for size in sizes:
+        p, g = quantize(rng.standard_normal(size), etype), quantize(rng.standard_normal(size), etype)
+        m, v = quantize(0.1 * rng.standard_normal(size), etype), quantize(rng.random(size), etype)
+        tensors.append((p, g, m, v))
+    pointers = [np.array([t[i][0].ctypes.data for t in tensors], dtype=np.uint64) for i in range(4)]
+    chunks = [(i, start) for i, size in enumerate(sizes) for start in range(0, size, chunk_size)]
+    step_size = np.array([lr / (1 - beta1**t) for t in steps], dtype=np.float32)
+    bias2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in steps], dtype=np.float32)
+    modules["adamw.cu"].get_function(f"adamw_step_{fk.SUFFIX[etype]}")(
+        (len(chunks),), (fk.THREADS,),
+        (*pointers, np.array([c[0] for c in chunks], dtype=np.int32), np.array([c[1] for c in chunks], dtype=np.int64),
+         np.array(sizes, dtype=np.int64), step_size, bias2_sqrt, np.int32(chunk_size), np.float32(lr),
+         np.float32(beta1), np.float32(beta2), np.float32(eps), np.float32(weight_decay)))
+    for (p, g, m, v), t in zip(tensors, steps):
+        (p_new, p64), (_, g64), (m_new, m64), (v_new, v64) = p, g, m, v
+        want_m = beta1 * m64 + (1 - beta1) * g64
+        want_v = beta2 * v64 + (1 - beta2) * g64 * g64
+        want_p = p64 * (1 - lr * weight_decay) - lr / (1 - beta1**t) * want_m / (np.sqrt(want_v / (1 - beta2**t)) + eps)
+        assert_close(values(m_new, etype), want_m, etype, "exp_avg")
+        assert_close(values(v_new, etype), want_v, etype, "exp_avg_sq")
+        assert_close(values(p_new, etype), want_p, etype, "param")
+
+
+# ------------------------------------------------------------------------------------------------
+# The emulator itself: it must catch what it claims to catch
+# ------------------------------------------------------------------------------------------------
+
+def test_emulator_checks_argument_types(modules):
+    kernel = modules["bias_activation.cu"].get_function("bias_activation_forward_f32")
+    x = np.zeros(4, np.float32)
+    assert kernel.signature == ("ptr:float32", "ptr:float32", "ptr:float32", "int64", "int32", "int32")
+    with pytest.raises(TypeError, match="argument 3"):
+        kernel((1,), (32,), (x, x, x, np.int32(4), np.int32(4), np.int32(0)))  # n is long long
+    with pytest.raises(TypeError, match="float16"):
+        kernel((1,), (32,), (x.astype(np.float16), x, x, np.int64(4), np.int32(4), np.int32(0)))
+    with pytest.raises(TypeError, match="NumPy"):
+        kernel((1,), (32,), (x, x, x, 4, np.int32(4), np.int32(0)))
+
+
+def test_emulator_reports_out_of_bounds_writes(modules):
+    kernel = modules["bias_activation.cu"].get_function("bias_activation_forward_f32")
+    x, y = np.zeros(64, np.float32), np.zeros(40, np.float32)  # n = 64 > y's 40 elements
+    with pytest.raises(emu.EmulationError, match="out of bounds of argument 2"):
+        kernel((1,), (64,), (x, x, y, np.int64(64), np.int32(64), np.int32(0)))
+
+
+def test_emulator_rejects_a_partial_warp_at_a_full_mask_shuffle(modules):
+    kernel = modules["layer_norm.cu"].get_function("norm_forward_f32")
+    x, y, s = np.ones((1, 40), np.float32), np.zeros((1, 40), np.float32), np.zeros(1, np.float32)
+    with pytest.raises(emu.EmulationError, match="partial warp"):  # 40 threads: the second warp has 8 lanes
+        kernel((1,), (40,), (x, x[0], x[0], y, s, s, np.int32(1), np.int32(40), np.float32(1e-5), np.int32(0),
+                             np.int32(1)))
+
+
+# A kernel file of deliberate mistakes, one per kernel.
+MISTAKES = r"""
+extern "C" __global__ void divergent_barrier(float* x) {
+    if (threadIdx.x < 32) __syncthreads();  // the two halves of the block wait at different barriers
+    else __syncthreads();
+    x[threadIdx.x] = 1.0f;
+}
+extern "C" __global__ void shuffle_after_exit(float* x) {
+    if (threadIdx.x == 3) return;  // lane 3 has left: a full-mask shuffle is undefined
+    x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+extern "C" __global__ void missing_barrier(float* x) {
+    __shared__ float s[64];
+    s[threadIdx.x] = (float)threadIdx.x;
+    x[threadIdx.x] = s[63 - threadIdx.x];  // no __syncthreads: reads what the other thread may not have written
+}
+extern "C" __global__ void barrier_after_exit(float* x) {
+    if (threadIdx.x >= 32) return;  // exited threads no longer count at __syncthreads (as on the GPU)
+    __syncthreads();
+    x[threadIdx.x] = 2.0f;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def mistakes():
+    path = emu.CACHE_DIR / "sources" / "mistakes.cu"  # a fixed path: one cached build, replaced on edits
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != MISTAKES:
+        path.write_text(MISTAKES)
+    return emu.EmulatedModule(path)
+
+
+def test_emulator_catches_divergent_barriers_and_exited_lanes(mistakes):
+    x = np.zeros(64, np.float32)
+    with pytest.raises(emu.EmulationError, match="divergent __syncthreads"):
+        mistakes.get_function("divergent_barrier")((1,), (64,), (x,))
+    with pytest.raises(emu.EmulationError, match="exited"):
+        mistakes.get_function("shuffle_after_exit")((1,), (32,), (x,))
+    mistakes.get_function("barrier_after_exit")((1,), (64,), (x,))
+    assert np.all(x[:32] == 2)
+
+
+def test_emulator_exposes_a_missing_barrier_through_the_thread_order(mistakes):
+    results = []
+    for schedule in ("lowest_first", "highest_first"):
+        x = np.zeros(64, np.float32)
+        mistakes.get_function("missing_barrier")((1,), (64,), (x,), schedule=schedule)
+        results.append(x)
+    lowest, highest = results  # each order lets half of the threads read poisoned (NaN) shared memory
+    assert np.isnan(lowest[:32]).all() and np.array_equal(lowest[32:], np.arange(31, -1, -1))
+    assert np.array_equal(highest[:32], np.arange(63, 31, -1)) and np.isnan(highest[32:]).all()
