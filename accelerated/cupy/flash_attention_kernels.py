@@ -189,9 +189,8 @@ def load_module():
     """The compiled cupy.RawModule of flash_attention.cu (NVRTC, on first call)."""
     global _module
     if _module is None:
-        from .nvrtc import (
-            raw_module,  # a package-relative import: only reached where CuPy runs
-        )
+        # a package-relative import: only reached where CuPy runs
+        from .nvrtc import raw_module
 
         _module = raw_module(KERNEL_FILE)
     return _module

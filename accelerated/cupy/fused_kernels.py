@@ -27,9 +27,8 @@ def supports(dtype) -> bool:
 @functools.cache
 def module(filename: str):
     """The compiled RawModule of kernels/<filename> (compiled once per process)."""
-    from .nvrtc import (
-        raw_module,  # a package-relative import: only reached where CuPy runs
-    )
+    # a package-relative import: only reached where CuPy runs
+    from .nvrtc import raw_module
 
     return raw_module(KERNEL_DIR / filename)
 
