@@ -120,3 +120,22 @@ def test_a_tied_parameter_is_listed_once():
     m.blocks[1].weight = m.blocks[0].weight  # tie the two blocks
     names = [name for name, _ in m.named_parameters()]
     assert names.count("blocks.0.weight") == 1 and "blocks.1.weight" not in names
+
+
+def test_bfloat16_counts_as_floating():
+    """CuPy's bfloat16 is ml_dtypes', which NumPy files under kind 'V': the checks must still call it floating."""
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (the test extra installs it)")
+    from reference.checks import check_array, dtype_kind
+
+    x = np.zeros((2, 3), dtype=ml_dtypes.bfloat16)
+    assert x.dtype.kind == "V" and dtype_kind(x.dtype) == "f"
+    assert check_array("x", x, kind="f") is x
+    with pytest.raises(TypeError, match="x must have a integer dtype, got bfloat16"):
+        check_array("x", x, kind="i")
+    from reference.activations import ReLU
+
+    layer = ReLU()
+    layer(np.ones(3))
+    with pytest.raises(TypeError, match="grad_output must have a floating dtype, got int64"):
+        layer.backward(np.ones(3, dtype=np.int64))
+    assert layer.check_grad_output(np.ones(3, dtype=ml_dtypes.bfloat16), (3,)).dtype.name == "bfloat16"

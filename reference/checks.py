@@ -18,6 +18,14 @@ def describe(x) -> str:
     return f"{type(x).__name__} {x!r}"[:120]
 
 
+def dtype_kind(dtype) -> str:
+    """NumPy's kind letter of ``dtype``, with bfloat16 counted as 'f' (floating).
+
+    bfloat16 comes from ml_dtypes (as CuPy stores it), whose dtype NumPy files under kind 'V'.
+    """
+    return "f" if getattr(dtype, "name", None) == "bfloat16" else dtype.kind
+
+
 def check_array(name: str, x, *, ndim=None, dtype=None, kind=None, xp=np):
     """Check that ``x`` is an array of the backend ``xp`` with the given rank and dtype.
 
@@ -35,7 +43,7 @@ def check_array(name: str, x, *, ndim=None, dtype=None, kind=None, xp=np):
         if x.ndim not in allowed:
             want = " or ".join(str(n) for n in allowed)
             raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
-    if kind is not None and x.dtype.kind not in kind:
+    if kind is not None and dtype_kind(x.dtype) not in kind:
         names = {"f": "floating", "i": "integer", "u": "unsigned integer", "b": "boolean"}
         want = " or ".join(names.get(k, k) for k in kind)
         raise TypeError(f"{name} must have a {want} dtype, got {x.dtype}")

@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .arrays import resolve_dtype, to_numpy
-from .checks import describe
+from .checks import describe, dtype_kind
 
 
 class Parameter:
@@ -123,7 +123,7 @@ class Module:
             raise TypeError(f"{name} must be a {xp.__name__}.ndarray, got {describe(grad_output)}")
         if tuple(grad_output.shape) != tuple(shape):
             raise ValueError(f"{name} must have shape {tuple(shape)} (the output's), got {tuple(grad_output.shape)}")
-        if grad_output.dtype.kind != "f":
+        if dtype_kind(grad_output.dtype) != "f":
             raise TypeError(f"{name} must have a floating dtype, got {grad_output.dtype}")
         return grad_output
 

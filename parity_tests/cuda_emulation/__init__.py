@@ -38,9 +38,11 @@ FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-fvisibility=hidd
 CACHE_DIR = Path(tempfile.gettempdir()) / "rosetta_cuda_emulation"
 SCHEDULES = {"lowest_first": 0, "highest_first": 1, "random": 2}
 GUARD = 256  # bytes of 0xFF before and after every array argument
-#: kernel pointer parameter types each array dtype may be passed as (bfloat16 lives in uint16)
+#: kernel pointer parameter types each array dtype may be passed as (bfloat16 lives in uint16, or is
+#: ml_dtypes' bfloat16, the dtype CuPy gives bfloat16 arrays)
 POINTEE = {
     "float32": {"float32"}, "float64": {"float64"}, "float16": {"float16"}, "uint16": {"bfloat16", "uint16"},
+    "bfloat16": {"bfloat16"},
     "int8": {"int8", "uint8"}, "uint8": {"uint8", "int8"}, "bool": {"bool", "int8", "uint8"},
     "int32": {"int32"}, "uint32": {"uint32"}, "int64": {"int64"}, "uint64": {"uint64"},
 }
