@@ -212,7 +212,7 @@ def test_grids_keep_batch_times_heads_within_cuda_grid_y():
     with pytest.raises(ValueError, match=r"batch × heads must be <= 65535.*got 4097 × 16 = 65552"):
         fa.forward_grid(4097, 16, 10, "float16")
     with pytest.raises(ValueError, match="batch × heads"):
-        fa.backward_grid(65536, 1, 10, 64)
+        fa.backward_grid(65536, 1, 10, 64, "float16")
     big = np.empty((0,), dtype=np.float16)  # supports() reads shapes and dtypes only
     shape_q, shape_kv = (4096, 16, 1, 64), (4096, 16, 1, 64)  # 65536 (batch, head) pairs: one too many
     as_array = lambda shape: np.lib.stride_tricks.as_strided(big, shape=shape, strides=(0,) * 4)
@@ -220,10 +220,11 @@ def test_grids_keep_batch_times_heads_within_cuda_grid_y():
     assert fa.supports(as_array((4095, 16, 1, 64)), as_array((4095, 16, 1, 64)), as_array((4095, 16, 1, 64)))
 
 
-@given(B=st.integers(1, 5), Hkv=st.integers(1, 8), S=st.integers(0, 1000), head_dim=st.sampled_from(fa.HEAD_DIMS))
-def test_backward_grids_cover_every_key_and_row(B, Hkv, S, head_dim):
-    grid, block = fa.backward_grid(B, Hkv, S, head_dim)
-    bn = fa.backward_block(head_dim)
+@given(B=st.integers(1, 5), Hkv=st.integers(1, 8), S=st.integers(0, 1000), head_dim=st.sampled_from(fa.HEAD_DIMS),
+       element_type=st.sampled_from(sorted(fa.DTYPE_TAGS)))
+def test_backward_grids_cover_every_key_and_row(B, Hkv, S, head_dim, element_type):
+    grid, block = fa.backward_grid(B, Hkv, S, head_dim, element_type)
+    bn = fa.backward_block(head_dim, element_type)
     assert grid[1] == B * Hkv and block == (128, 1, 1)
     assert grid[0] * bn >= S and (grid[0] - 1) * bn < max(S, 1)
     grid, block = fa.preprocess_grid(B, Hkv, S)
@@ -232,12 +233,29 @@ def test_backward_grids_cover_every_key_and_row(B, Hkv, S, head_dim):
     assert grid[0] * block[0] >= S
 
 
+def _mma_backward_query_blocks():
+    """{head dim: BM}, the query rows per tile of the tensor-core backward (FA_DEFINE_MMA's last argument)."""
+    source = fa.KERNEL_FILE.read_text()
+    found = {}
+    for ctype, d, bm in re.findall(r"^FA_DEFINE_MMA\((\w+), \w+, (\d+), (\d+)\)", source, re.MULTILINE):
+        assert found.setdefault(int(d), int(bm)) == int(bm), "f16 and bf16 share the tiling"
+    assert sorted(found) == list(fa.HEAD_DIMS)
+    return found
+
+
 def test_backward_block_fits_shared_memory():
-    for d in fa.HEAD_DIMS:
-        bn = fa.backward_block(d)
+    for d in fa.HEAD_DIMS:  # float32: bwd_simt's fp32 tiles
+        bn = fa.backward_block(d, "float32")
         shared = 4 * (4 * bn * (d + 1) + 2 * bn * (bn + 1) + 2 * bn) + bn
         assert shared <= 48 * 1024, (d, shared)
         assert 128 % bn == 0 and d % (128 // bn) == 0
+    bn = fa.MMA_BACKWARD_BLOCK
+    for d, bm in _mma_backward_query_blocks().items():  # float16 / bfloat16: bwd_mma's 16-bit tiles
+        assert fa.backward_block(d, "float16") == fa.backward_block(d, "bfloat16") == bn == 16 * (128 // 32)
+        # K, V (bn rows), Q, dO (bm rows) with rows of d + 8; dS (bm × (bn + 8)); lse, δ; a flag
+        shared = 2 * (2 * bn * (d + 8) + 2 * bm * (d + 8) + bm * (bn + 8)) + 8 * bm + 4
+        assert shared <= 48 * 1024, (d, bm, shared)
+        assert bm % 16 == 0 and 4 % (bm // 16) == 0 and (bm * d // 8) % 128 == 0, (d, bm)
 
 
 def test_check_shapes():

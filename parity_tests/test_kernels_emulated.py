@@ -7,7 +7,7 @@ order, C types, grid and block) and compared with float64 NumPy math on the same
 
 Tolerances, as a fraction of the largest expected magnitude (at least 1: the data are O(1)):
   float32   1e-5   fp32 math throughout; sums of at most a few hundred terms (u = 6e-8)
-  float16   2e-3   outputs (and, in the tensor-core forward, P before P·V) rounded to fp16: u = 4.9e-4
+  float16   2e-3   outputs (and, in the tensor-core kernels, P and dS before their products) rounded to fp16: u = 4.9e-4
   bfloat16  2e-2   the same roundings in bf16: u = 3.9e-3
 """
 
@@ -171,7 +171,7 @@ def flash_backward(module, q, k, v, out, lse, d_out, keep, causal, scale, etype,
     grid, block = fa.preprocess_grid(B, H, L)
     module.get_function(fa.kernel_name("bwd_preprocess", etype, D))(
         grid, block, (out, d_out, delta, np.int64(B * H * L)), schedule=schedule)
-    grid, block = fa.backward_grid(B, Hkv, S, D)
+    grid, block = fa.backward_grid(B, Hkv, S, D, etype)
     module.get_function(fa.kernel_name("bwd", etype, D))(
         grid, block,
         (q, k, v, mask, d_out, lse, delta, dq_accum, dk, dv, np.int32(H), np.int32(Hkv), np.int32(L), np.int32(S),
@@ -203,13 +203,9 @@ FLASH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case_index", range(len(FLASH_CASES)),
-                         ids=[f"{e}-d{d}-{'causal' if c else 'full'}-{m}-L{L}-S{S}" for e, d, c, m, L, S in FLASH_CASES])
-def test_flash_attention_forward_and_backward(modules, case_index):
-    etype, D, causal, mask_kind, L, S = FLASH_CASES[case_index]
-    schedule = SCHEDULES[case_index % len(SCHEDULES)]  # each kernel under more than one thread order
-    B, H, Hkv = 2, 4, 2
-    rng = np.random.default_rng(case_index)
+def run_flash_case(modules, etype, D, causal, mask_kind, L, S, B, H, Hkv, seed, schedule):
+    """Forward and backward kernels on drawn inputs: (kernel results, float64 expectations, description)."""
+    rng = np.random.default_rng(seed)
     q, q64 = quantize(rng.standard_normal((B, H, L, D)), etype)
     k, k64 = quantize(rng.standard_normal((B, Hkv, S, D)), etype)
     v, v64 = quantize(rng.standard_normal((B, Hkv, S, D)), etype)
@@ -217,25 +213,64 @@ def test_flash_attention_forward_and_backward(modules, case_index):
     keep = key_mask(B, S, rng, mask_kind)
     scale = fa.resolve_scale(None, D)
     module = modules[fa.KERNEL_FILE.name]
-    what = f"{etype} d={D} causal={causal} mask={mask_kind} L={L} S={S} schedule={schedule}"
-
     out, lse = flash_forward(module, q, k, v, keep, causal, scale, etype, schedule)
-    want_out, want_lse, want_dq, want_dk, want_dv, dead = attention_reference(q64, k64, v64, do64, keep, causal, scale)
+    dq, dk, dv = flash_backward(module, q, k, v, out, lse, d_out, keep, causal, scale, etype, schedule)
+    want = attention_reference(q64, k64, v64, do64, keep, causal, scale)  # out, lse, dq, dk, dv, dead rows
+    what = f"{etype} d={D} causal={causal} mask={mask_kind} L={L} S={S} B={B} H={H} Hkv={Hkv} schedule={schedule}"
+    return (out, lse, dq, dk, dv), want, what
+
+
+def check_gradients(got, want, etype, what):
+    (_, _, dq, dk, dv), (_, _, want_dq, want_dk, want_dv, dead) = got, want
+    for name, value, expected in (("dq", dq, want_dq), ("dk", dk, want_dk), ("dv", dv, want_dv)):
+        assert_close(values(value, etype), expected, etype, f"{name} {what}")
+    assert np.all(values(dq, etype)[dead] == 0), f"dq of fully masked rows must be 0 ({what})"
+
+
+@pytest.mark.parametrize("case_index", range(len(FLASH_CASES)),
+                         ids=[f"{e}-d{d}-{'causal' if c else 'full'}-{m}-L{L}-S{S}" for e, d, c, m, L, S in FLASH_CASES])
+def test_flash_attention_forward_and_backward(modules, case_index):
+    etype, D, causal, mask_kind, L, S = FLASH_CASES[case_index]
+    schedule = SCHEDULES[case_index % len(SCHEDULES)]  # each kernel under more than one thread order
+    got, want, what = run_flash_case(modules, etype, D, causal, mask_kind, L, S, 2, 4, 2, case_index, schedule)
+    (out, lse, *_), (want_out, want_lse, *_, dead) = got, want
     assert_close(values(out, etype), want_out, etype, f"out {what}")
     assert np.all(np.isneginf(lse[dead])), f"lse of fully masked rows must be -inf ({what})"
     assert_close(lse[~dead], want_lse[~dead], "float32", f"lse {what}", tol=1e-5 if etype == "float32" else 1e-4)
     assert np.all(values(out, etype)[dead] == 0), f"fully masked rows must give 0 ({what})"
-
-    dq, dk, dv = flash_backward(module, q, k, v, out, lse, d_out, keep, causal, scale, etype, schedule)
-    for name, got, want in (("dq", dq, want_dq), ("dk", dk, want_dk), ("dv", dv, want_dv)):
-        assert_close(values(got, etype), want, etype, f"{name} {what}")
-    assert np.all(values(dq, etype)[dead] == 0), f"dq of fully masked rows must be 0 ({what})"
+    check_gradients(got, want, etype, what)
 
 
-@pytest.mark.parametrize("etype", ["float32", "bfloat16"])
-def test_flash_attention_is_independent_of_thread_order(modules, etype):
+# The tensor-core backward's tiling (64 keys per block, BM = 64 query rows at d <= 64, 16 at d = 128,
+# the next tile prefetched across query heads): (element type, head dim, causal, mask, L, S, B, H, Hkv).
+MMA_BACKWARD_EDGES = [
+    ("bfloat16", 64, True, None, 150, 40, 2, 6, 2),    # L >> S under causal: most query tiles see every key
+    ("float16", 64, True, "padding", 20, 150, 2, 4, 1),  # S >> L under causal: key blocks past L get dK = dV = 0
+    ("float16", 128, True, "late", 150, 130, 2, 3, 3),  # query tiles from the diagonal (m_begin > 0), group 1
+    ("bfloat16", 32, False, "padding", 300, 200, 2, 2, 1),  # several key blocks and query tiles, S % 64 != 0
+    ("float16", 64, False, None, 16, 64, 1, 2, 2),      # L < BM, S exactly one key block
+    ("bfloat16", 128, True, None, 17, 17, 1, 4, 1),     # one partial key block, group 4
+    ("float16", 32, True, "padding", 64, 64, 2, 2, 1),  # L, S exactly one tile
+]
+
+
+@pytest.mark.parametrize("case_index", range(len(MMA_BACKWARD_EDGES)),
+                         ids=[f"{e}-d{d}-{'causal' if c else 'full'}-{m}-L{L}-S{S}-H{H}-Hkv{Hkv}"
+                              for e, d, c, m, L, S, _, H, Hkv in MMA_BACKWARD_EDGES])
+def test_flash_attention_backward_tile_edges(modules, case_index):
+    etype, D, causal, mask_kind, L, S, B, H, Hkv = MMA_BACKWARD_EDGES[case_index]
+    schedule = SCHEDULES[case_index % len(SCHEDULES)]
+    got, want, what = run_flash_case(modules, etype, D, causal, mask_kind, L, S, B, H, Hkv, 100 + case_index, schedule)
+    check_gradients(got, want, etype, what)
+    _, _, _, dk, dv = got
+    if causal:  # keys no query row reaches get exactly zero gradients
+        assert np.all(values(dk, etype)[:, :, L:] == 0) and np.all(values(dv, etype)[:, :, L:] == 0), what
+
+
+@pytest.mark.parametrize("etype, D", [("float32", 32), ("bfloat16", 32), ("float16", 128)])
+def test_flash_attention_is_independent_of_thread_order(modules, etype, D):
     """The same bits whichever thread runs first: a missing barrier would make them differ."""
-    B, H, Hkv, L, S, D = 1, 2, 1, 40, 70, 32
+    B, H, Hkv, L, S = 1, 2, 1, 40, 70
     rng = np.random.default_rng(7)
     q, k, v, d_out = (quantize(rng.standard_normal(s), etype)[0] for s in
                       ((B, H, L, D), (B, Hkv, S, D), (B, Hkv, S, D), (B, H, L, D)))

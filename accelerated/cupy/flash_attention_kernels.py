@@ -33,9 +33,16 @@ CONVERT_THREADS = 256
 _module = None
 
 
-def backward_block(head_dim: int) -> int:
-    """Keys (and query rows) per backward block: 32, or 16 at head dim 128 (shared memory)."""
+#: keys per backward block of the tensor-core kernels (float16, bfloat16): one 16-key slice per warp
+MMA_BACKWARD_BLOCK = 64
+
+
+def backward_block(head_dim: int, element_type: str) -> int:
+    """Keys per backward block: 64 for the tensor-core kernels (float16, bfloat16); for the float32
+    FMA kernel 32, or 16 at head dim 128 (shared memory)."""
     check_head_dim(head_dim)
+    if check_element_type(element_type) != "float32":
+        return MMA_BACKWARD_BLOCK
     return 16 if head_dim == 128 else 32
 
 
@@ -101,9 +108,11 @@ def preprocess_grid(batch: int, heads: int, q_len: int) -> tuple:
     return (max(_ceil_div(rows, PREPROCESS_ROWS_PER_BLOCK), 1), 1, 1), (THREADS, 1, 1)
 
 
-def backward_grid(batch: int, kv_heads: int, k_len: int, head_dim: int) -> tuple:
-    """(grid, block) of flash_bwd_*: one block per backward_block(head_dim) keys of one (batch, kv head)."""
-    return (max(_ceil_div(k_len, backward_block(head_dim)), 1), check_batch_heads(batch, kv_heads), 1), (THREADS, 1, 1)
+def backward_grid(batch: int, kv_heads: int, k_len: int, head_dim: int, element_type: str) -> tuple:
+    """(grid, block) of flash_bwd_*: one block per backward_block(head_dim, element_type) keys of one
+    (batch, kv head)."""
+    bn = backward_block(head_dim, element_type)
+    return (max(_ceil_div(k_len, bn), 1), check_batch_heads(batch, kv_heads), 1), (THREADS, 1, 1)
 
 
 def convert_grid(n: int) -> tuple:
@@ -288,7 +297,7 @@ def flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=Fal
         delta = cupy.empty((B, H, L), dtype=cupy.float32)
         grid, block = preprocess_grid(B, H, L)
         get_kernel(kernel_name("bwd_preprocess", etype, d))(grid, block, (out, d_out, delta, cupy.int64(B * H * L)))
-        grid, block = backward_grid(B, Hkv, S, d)
+        grid, block = backward_grid(B, Hkv, S, d, etype)
         get_kernel(kernel_name("bwd", etype, d))(
             grid, block,
             (q, k, v, _null_or(mask, cupy), d_out, lse, delta, dq_accum, dk, dv, cupy.int32(H), cupy.int32(Hkv),

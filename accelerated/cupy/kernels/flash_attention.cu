@@ -20,14 +20,17 @@
 //   dv_j  = Σ_i p_ij do_i,  dk_j = scale Σ_i ds_ij q_i,  dq_i = scale Σ_j ds_ij k_j
 // dk/dv of one key block are accumulated in registers over all query blocks and all query
 // heads sharing the kv head; dq is accumulated with fp32 atomicAdd into a zeroed buffer
-// (B, H, L, d) that flash_bwd_convert_dq_* rounds to the element type.
+// (B, H, L, d) that flash_bwd_convert_dq_* rounds to the element type. fp16/bf16 run every
+// product on tensor cores (bwd_mma, P and ds rounded to the element type before their
+// products); float32 uses fp32 FMA throughout (bwd_simt).
 //
 // Entry points (extern "C", tag ∈ {f32, f16, bf16}, D ∈ {32, 64, 128}):
 //   flash_fwd_<tag>_d<D>              grid (ceil(L / FWD_BLOCK_M), B·H), 128 threads
 //                                     FWD_BLOCK_M = 64 (f16/bf16, tensor cores), 16 (f32)
 //   flash_bwd_preprocess_<tag>_d<D>   grid ceil(B·H·L / 4), 128 threads (one warp per row)
 //   flash_bwd_<tag>_d<D>              grid (ceil(S / BWD_BLOCK), B·Hkv), 128 threads
-//                                     BWD_BLOCK = 32 (D ≤ 64), 16 (D = 128)
+//                                     BWD_BLOCK = 64 (f16/bf16, tensor cores),
+//                                     32 (f32, D ≤ 64), 16 (f32, D = 128)
 //   flash_bwd_convert_dq_<tag>        grid ceil(n / 256), 256 threads
 
 #include <cuda_fp16.h>
@@ -497,6 +500,283 @@ __device__ __forceinline__ void bwd_simt(const T* __restrict__ q, const T* __res
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backward with tensor cores (fp16 / bf16), FlashAttention-2 style. One block owns BN = 64 keys of
+// one (batch, kv head); warp w owns the 16 keys 16w..16w+15 and keeps their dK and dV rows (16 × D
+// each) in fp32 mma accumulators for the whole pass. The block loops over the query heads that
+// read its kv head and over query tiles of BM rows (from the diagonal on when causal); per tile,
+// two barriers:
+//   phase 1, each warp on its own 16 keys, in chunks of 16 queries:
+//     Sᵀ = K_w Qᵀ, dPᵀ = V_w dOᵀ                  (mma; the B fragments are rows of Q and dO)
+//     Pᵀ = exp(scale·Sᵀ − lse) (0 where masked), dSᵀ = Pᵀ ⊙ (dPᵀ − δ)      (fp32, in registers)
+//     dV_w += Pᵀ dO, dK_w += dSᵀ Q               (the Sᵀ/dPᵀ accumulators of the two 8-query tiles
+//                                                 are one A fragment, as P in the forward; dO and
+//                                                 Q are read transposed from shared memory)
+//     dS (16-bit) → shared memory, transposed: ds_s[query][key]
+//   barrier; then the next tile's Q, dO, lse, δ are fetched into registers (TileFetch), and
+//   phase 2, warp w on dQ rows 16·(w % (BM/16)).. and column group w / (BM/16):
+//     dQ_tile = dS K (mma, K read transposed), scale · dQ_tile → fp32 atomicAdd into dq_accum;
+//   the fetched tile is stored to shared memory (nothing reads Q, dO, lse, δ after the barrier).
+// P and dS enter their products rounded to T (as in FlashAttention-2); every sum is fp32.
+// Static shared memory (16-bit tiles, rows padded by 8 elements against bank conflicts):
+//   K, V 2·64·(D+8)·2 B; Q, dO 2·BM·(D+8)·2 B; dS BM·72·2 B; lse, δ 8·BM B; a flag 4 B:
+//   D = 32, BM = 64: 30212 B    D = 64, BM = 64: 46596 B    D = 128, BM = 16: 45956 B
+// D <= 64 keeps the warp's K and V A fragments in registers; D = 128 rereads them (registers).
+// ---------------------------------------------------------------------------------------------
+
+// The A fragment of the 16×16 tile at `p` (row-major, `stride` elements per row) for this lane.
+__device__ __forceinline__ void load_a_frag(unsigned* a, const unsigned short* p, int stride) {
+    const int g = (threadIdx.x % 32) / 4;
+    a[0] = *reinterpret_cast<const unsigned*>(p + g * stride);
+    a[1] = *reinterpret_cast<const unsigned*>(p + (g + 8) * stride);
+    a[2] = *reinterpret_cast<const unsigned*>(p + g * stride + 8);
+    a[3] = *reinterpret_cast<const unsigned*>(p + (g + 8) * stride + 8);
+}
+
+template <typename T>
+__device__ __forceinline__ unsigned short to_bits16(float x) {
+    return (unsigned short)(Mma<T>::pack(x, 0.f) & 0xffffu);
+}
+
+// The Q, dO, lse and δ of one backward tile (ROWS query rows) in registers, between a fetch from
+// global memory and the store to shared memory, so that the loads overlap other work. Rows at or
+// past L are zero, with lse = +∞ (base 2) so that P = 0 there; so is a fully masked row (lse = −∞).
+template <int ROWS, int D>
+struct TileFetch {
+    static constexpr int CHUNKS = D / 8, PER_THREAD = ROWS * CHUNKS / FA_THREADS;  // 16-byte pieces
+    static_assert(ROWS * CHUNKS % FA_THREADS == 0 && ROWS <= FA_THREADS, "tile shape");
+    uint4 qv[PER_THREAD], dov[PER_THREAD];
+    float lse2, delta;
+
+    template <typename T>
+    __device__ __forceinline__ void fetch(const T* q, const T* d_o, const float* lse, const float* delta_in,
+                                          long long row0, int m0, int L) {
+        const uint4* qsrc = reinterpret_cast<const uint4*>(q + row0 * D);
+        const uint4* dsrc = reinterpret_cast<const uint4*>(d_o + row0 * D);
+#pragma unroll
+        for (int x = 0; x < PER_THREAD; ++x) {
+            const int idx = threadIdx.x + x * FA_THREADS, r = idx / CHUNKS;
+            const bool in = m0 + r < L;
+            const long long at = (long long)(m0 + r) * CHUNKS + idx % CHUNKS;
+            qv[x] = in ? qsrc[at] : make_uint4(0u, 0u, 0u, 0u);
+            dov[x] = in ? dsrc[at] : make_uint4(0u, 0u, 0u, 0u);
+        }
+        const int r = threadIdx.x;
+        const bool in = r < ROWS && m0 + r < L;
+        const float l = in ? lse[row0 + m0 + r] : neg_inf();
+        lse2 = l == neg_inf() ? __int_as_float(0x7f800000) : l * 1.4426950408889634f;
+        delta = in ? delta_in[row0 + m0 + r] : 0.f;
+    }
+
+    __device__ __forceinline__ void store(unsigned short* qs, unsigned short* dos, float* lse_s, float* delta_s) const {
+#pragma unroll
+        for (int x = 0; x < PER_THREAD; ++x) {
+            const int idx = threadIdx.x + x * FA_THREADS, r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+            *reinterpret_cast<uint4*>(qs + r * (D + 8) + c) = qv[x];
+            *reinterpret_cast<uint4*>(dos + r * (D + 8) + c) = dov[x];
+        }
+        if (threadIdx.x < ROWS) {
+            lse_s[threadIdx.x] = lse2;
+            delta_s[threadIdx.x] = delta;
+        }
+    }
+};
+
+template <typename T, int D, int BM>
+__device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                        const signed char* __restrict__ key_mask, const T* __restrict__ d_o,
+                                        const float* __restrict__ lse, const float* __restrict__ delta,
+                                        float* __restrict__ dq_accum, T* __restrict__ dk, T* __restrict__ dv,
+                                        int H, int Hkv, int L, int S, float scale, int causal) {
+    constexpr int BN = 64, STRIDE = D + 8, DS_STRIDE = BN + 8;
+    constexpr int KT = D / 16, DT = D / 8;
+    constexpr bool KV_REGS = D <= 64;
+    constexpr int WM = BM / 16, WD = 4 / WM, DQ_COLS = D / WD, DQT = DQ_COLS / 8;  // phase 2 warp grid
+    static_assert(BN == 16 * (FA_THREADS / 32), "one 16-key slice per warp");
+    static_assert(BM % 16 == 0 && 4 % WM == 0 && DQ_COLS % 8 == 0, "tile shape");
+    __shared__ __align__(16) unsigned short ks[BN * STRIDE];
+    __shared__ __align__(16) unsigned short vs[BN * STRIDE];
+    __shared__ __align__(16) unsigned short qs[BM * STRIDE];
+    __shared__ __align__(16) unsigned short dos[BM * STRIDE];
+    __shared__ __align__(16) unsigned short ds_s[BM * DS_STRIDE];
+    __shared__ float lse_s[BM];    // lse in base 2; +∞ for a fully masked row or a row past L (P = 0)
+    __shared__ float delta_s[BM];
+    __shared__ int any_key;        // whether some key of the block may be attended at all
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int bk = blockIdx.y, b = bk / Hkv, kvh = bk % Hkv, group = H / Hkv;
+    const int n0 = blockIdx.x * BN;
+    const long long kv_off = ((long long)b * Hkv + kvh) * S * D;
+    const float log2e = 1.4426950408889634f;
+    const float scale_log2 = scale * log2e;
+
+    if (tid == 0) any_key = 0;
+    load_tile_16bit<BN, D>(ks, reinterpret_cast<const unsigned short*>(k) + kv_off, n0, S);
+    load_tile_16bit<BN, D>(vs, reinterpret_cast<const unsigned short*>(v) + kv_off, n0, S);
+
+    // The two keys of this thread's accumulator rows (g and g + 8 of the warp's slice).
+    const int key[2] = {n0 + warp * 16 + g, n0 + warp * 16 + g + 8};
+    bool key_ok[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+        key_ok[r] = key[r] < S && (key_mask == nullptr || key_mask[(long long)b * S + key[r]] != 0);
+    __syncthreads();  // any_key = 0 is seen before anyone sets it
+    if (key_ok[0] || key_ok[1]) any_key = 1;
+
+    float dk_acc[DT][4], dv_acc[DT][4];
+#pragma unroll
+    for (int nd = 0; nd < DT; ++nd)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk_acc[nd][e] = dv_acc[nd][e] = 0.f;
+
+    const unsigned short* kw = ks + (warp * 16) * STRIDE;  // this warp's keys: A fragments of Sᵀ
+    const unsigned short* vw = vs + (warp * 16) * STRIDE;  // and of dPᵀ
+    const int wm = warp % WM, dq_col0 = (warp / WM) * DQ_COLS;
+    // Under the causal mask, query rows before n0 see none of these keys.
+    const int m_begin = causal ? (n0 / BM) * BM : 0;
+    __syncthreads();  // K, V and any_key complete
+    const int m_end = any_key ? L : m_begin;  // a block of masked keys only: dK = dV = 0
+
+    // D <= 64: the warp's K and V A fragments stay in registers (D/4 each); D = 128 rereads them.
+    unsigned kf[KV_REGS ? KT : 1][4], vf[KV_REGS ? KT : 1][4];
+    if constexpr (KV_REGS) {
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+            load_a_frag(kf[kt], kw + kt * 16 + 2 * t, STRIDE);
+            load_a_frag(vf[kt], vw + kt * 16 + 2 * t, STRIDE);
+        }
+    }
+
+    // The tiles, flattened: tile `it` is query rows m_begin + (it % m_tiles)·BM.. of query head
+    // kvh·group + it / m_tiles. The next tile's Q, dO, lse, δ are fetched into registers during the
+    // current tile's phase 2 and stored to shared memory after it (Q, dO, lse and δ are no longer
+    // read then; phase 2 reads only ds_s and ks).
+    const int m_tiles = m_end > m_begin ? (m_end - m_begin + BM - 1) / BM : 0, n_tiles = group * m_tiles;
+    TileFetch<BM, D> next;
+    auto fetch = [&](int it) {
+        const long long r0 = ((long long)b * H + kvh * group + it / m_tiles) * L;
+        next.fetch(q, d_o, lse, delta, r0, m_begin + (it % m_tiles) * BM, L);
+    };
+    if (n_tiles > 0) {
+        fetch(0);
+        next.store(qs, dos, lse_s, delta_s);
+    }
+    for (int it = 0; it < n_tiles; ++it) {
+        const long long row0 = ((long long)b * H + kvh * group + it / m_tiles) * L;  // first row of (b, h)
+        const int m0 = m_begin + (it % m_tiles) * BM;
+        __syncthreads();  // Q, dO, lse, δ of this tile stored; ds_s of the previous tile no longer read
+
+        // Phase 1, in chunks of 16 queries: Sᵀ and dPᵀ (16 keys × 16 queries each), Pᵀ and dSᵀ,
+        // then dV += Pᵀ dO and dK += dSᵀ Q over those 16 queries.
+#pragma unroll 1
+        for (int kc = 0; kc < BM / 16; ++kc) {
+            float s[2][4], dp[2][4];
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[h2][e] = dp[h2][e] = 0.f;
+#pragma unroll
+            for (int kt = 0; kt < KT; ++kt) {
+                const int c = kt * 16 + 2 * t;
+                unsigned ka[4], va[4];
+                if constexpr (KV_REGS) {
+#pragma unroll
+                    for (int x = 0; x < 4; ++x) ka[x] = kf[kt][x], va[x] = vf[kt][x];
+                } else {
+                    load_a_frag(ka, kw + c, STRIDE);
+                    load_a_frag(va, vw + c, STRIDE);
+                }
+#pragma unroll
+                for (int h2 = 0; h2 < 2; ++h2) {  // B[d][query] = Q[query][d]: rows of Q and dO
+                    const unsigned short* qr = qs + (kc * 16 + h2 * 8 + g) * STRIDE + c;
+                    const unsigned short* dr = dos + (kc * 16 + h2 * 8 + g) * STRIDE + c;
+                    Mma<T>::run(s[h2], ka, *reinterpret_cast<const unsigned*>(qr),
+                                *reinterpret_cast<const unsigned*>(qr + 8));
+                    Mma<T>::run(dp[h2], va, *reinterpret_cast<const unsigned*>(dr),
+                                *reinterpret_cast<const unsigned*>(dr + 8));
+                }
+            }
+
+            // Pᵀ (into s), dSᵀ (into dp); element e of s[h2]: key row e / 2, query il.
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = e / 2, il = kc * 16 + h2 * 8 + 2 * t + (e % 2);
+                    const bool ok = key_ok[r] && (!causal || key[r] <= m0 + il);
+                    const float p = ok ? exp2f(s[h2][e] * scale_log2 - lse_s[il]) : 0.f;
+                    s[h2][e] = p;
+                    dp[h2][e] = p * (dp[h2][e] - delta_s[il]);
+                    ds_s[il * DS_STRIDE + warp * 16 + g + 8 * r] = to_bits16<T>(dp[h2][e]);
+                }
+            }
+
+            // The accumulators of the two 8-query tiles are one A fragment (keys × queries), as P
+            // in the forward; dO and Q are read transposed (B[query][d]).
+            unsigned pa[4], sa[4];
+            pa[0] = Mma<T>::pack(s[0][0], s[0][1]);
+            pa[1] = Mma<T>::pack(s[0][2], s[0][3]);
+            pa[2] = Mma<T>::pack(s[1][0], s[1][1]);
+            pa[3] = Mma<T>::pack(s[1][2], s[1][3]);
+            sa[0] = Mma<T>::pack(dp[0][0], dp[0][1]);
+            sa[1] = Mma<T>::pack(dp[0][2], dp[0][3]);
+            sa[2] = Mma<T>::pack(dp[1][0], dp[1][1]);
+            sa[3] = Mma<T>::pack(dp[1][2], dp[1][3]);
+            const unsigned short* dor = dos + (kc * 16 + 2 * t) * STRIDE + g;
+            const unsigned short* qr = qs + (kc * 16 + 2 * t) * STRIDE + g;
+#pragma unroll
+            for (int nd = 0; nd < DT; ++nd) {
+                Mma<T>::run(dv_acc[nd], pa, pack_u16(dor + nd * 8, STRIDE), pack_u16(dor + 8 * STRIDE + nd * 8, STRIDE));
+                Mma<T>::run(dk_acc[nd], sa, pack_u16(qr + nd * 8, STRIDE), pack_u16(qr + 8 * STRIDE + nd * 8, STRIDE));
+            }
+        }
+        __syncthreads();  // ds_s complete; Q, dO, lse, δ no longer read
+        if (it + 1 < n_tiles) fetch(it + 1);
+
+        // Phase 2: dQ rows 16·wm.. (+16), columns dq_col0.. (+DQ_COLS) += scale · dS K.
+        float dq[DQT][4];
+#pragma unroll
+        for (int nd = 0; nd < DQT; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            const unsigned short* ar = ds_s + (wm * 16 + g) * DS_STRIDE + kk * 16 + 2 * t;
+            unsigned a[4];
+            a[0] = *reinterpret_cast<const unsigned*>(ar);
+            a[1] = *reinterpret_cast<const unsigned*>(ar + 8 * DS_STRIDE);
+            a[2] = *reinterpret_cast<const unsigned*>(ar + 8);
+            a[3] = *reinterpret_cast<const unsigned*>(ar + 8 * DS_STRIDE + 8);
+            const unsigned short* kr = ks + (kk * 16 + 2 * t) * STRIDE + dq_col0 + g;
+#pragma unroll
+            for (int nd = 0; nd < DQT; ++nd)
+                Mma<T>::run(dq[nd], a, pack_u16(kr + nd * 8, STRIDE), pack_u16(kr + 8 * STRIDE + nd * 8, STRIDE));
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int i = m0 + wm * 16 + g + 8 * r;
+            if (i >= L) continue;
+            float* dq_row = dq_accum + (row0 + i) * D + dq_col0 + 2 * t;
+#pragma unroll
+            for (int nd = 0; nd < DQT; ++nd) {
+                atomicAdd(dq_row + nd * 8, dq[nd][2 * r] * scale);
+                atomicAdd(dq_row + nd * 8 + 1, dq[nd][2 * r + 1] * scale);
+            }
+        }
+        if (it + 1 < n_tiles) next.store(qs, dos, lse_s, delta_s);
+    }
+
+    // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO for this thread's two keys.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (key[r] >= S) continue;
+        const long long off = kv_off + (long long)key[r] * D + 2 * t;
+#pragma unroll
+        for (int nd = 0; nd < DT; ++nd) {
+            *reinterpret_cast<unsigned*>(dk + off + nd * 8) = Mma<T>::pack(dk_acc[nd][2 * r] * scale, dk_acc[nd][2 * r + 1] * scale);
+            *reinterpret_cast<unsigned*>(dv + off + nd * 8) = Mma<T>::pack(dv_acc[nd][2 * r], dv_acc[nd][2 * r + 1]);
+        }
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void convert_dq(const float* __restrict__ src, T* __restrict__ dst, long long n) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -520,35 +800,40 @@ __device__ __forceinline__ void convert_dq(const float* __restrict__ src, T* __r
         int causal
 #define FA_BWD_PASS q, k, v, key_mask, d_o, lse, delta, dq_accum, dk, dv, H, Hkv, L, S, scale, causal
 
-#define FA_DEFINE_COMMON(T, TAG, D, BN)                                                                        \
+#define FA_DEFINE_PREPROCESS(T, TAG, D)                                                                        \
     extern "C" __global__ void __launch_bounds__(FA_THREADS)                                               \
         flash_bwd_preprocess_##TAG##_d##D(const T *o, const T *d_o, float *delta, long long rows) {            \
         flash::bwd_preprocess<T, D>(o, d_o, delta, rows);                                                      \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_bwd_##TAG##_d##D(FA_BWD_ARGS(T)) {     \
-        flash::bwd_simt<T, D, BN>(FA_BWD_PASS);                                                                \
     }
 
-#define FA_DEFINE_MMA(T, TAG, D, BN)                                                                       \
+// Tensor cores (fp16 / bf16); BM = query rows per backward tile (the backward's key block is 64).
+#define FA_DEFINE_MMA(T, TAG, D, BM)                                                                       \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_fwd_##TAG##_d##D(FA_FWD_ARGS(T)) { \
         flash::fwd_mma<T, D>(FA_FWD_PASS);                                                                 \
     }                                                                                                      \
-    FA_DEFINE_COMMON(T, TAG, D, BN)
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_bwd_##TAG##_d##D(FA_BWD_ARGS(T)) { \
+        flash::bwd_mma<T, D, BM>(FA_BWD_PASS);                                                             \
+    }                                                                                                      \
+    FA_DEFINE_PREPROCESS(T, TAG, D)
 
+// fp32 FMA (float); BN = keys (and query rows) per backward block.
 #define FA_DEFINE_SIMT(T, TAG, D, BN)                                                                      \
     extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_fwd_##TAG##_d##D(FA_FWD_ARGS(T)) { \
         flash::fwd_simt<T, D>(FA_FWD_PASS);                                                                \
     }                                                                                                      \
-    FA_DEFINE_COMMON(T, TAG, D, BN)
+    extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_bwd_##TAG##_d##D(FA_BWD_ARGS(T)) { \
+        flash::bwd_simt<T, D, BN>(FA_BWD_PASS);                                                            \
+    }                                                                                                      \
+    FA_DEFINE_PREPROCESS(T, TAG, D)
 
 FA_DEFINE_SIMT(float, f32, 32, 32)
 FA_DEFINE_SIMT(float, f32, 64, 32)
 FA_DEFINE_SIMT(float, f32, 128, 16)
-FA_DEFINE_MMA(__half, f16, 32, 32)
-FA_DEFINE_MMA(__half, f16, 64, 32)
+FA_DEFINE_MMA(__half, f16, 32, 64)
+FA_DEFINE_MMA(__half, f16, 64, 64)
 FA_DEFINE_MMA(__half, f16, 128, 16)
-FA_DEFINE_MMA(__nv_bfloat16, bf16, 32, 32)
-FA_DEFINE_MMA(__nv_bfloat16, bf16, 64, 32)
+FA_DEFINE_MMA(__nv_bfloat16, bf16, 32, 64)
+FA_DEFINE_MMA(__nv_bfloat16, bf16, 64, 64)
 FA_DEFINE_MMA(__nv_bfloat16, bf16, 128, 16)
 
 #define FA_DEFINE_CONVERT(T, TAG)                                                                         \
