@@ -120,6 +120,23 @@ def test_decoder_lm(backend, dtype, config, num_layers, pad, seed):
 
 
 @pytest.mark.parametrize("backend", backend_params("torch"))
+@pytest.mark.parametrize("model", ["transformer", "transformer_tied", "encoder_model", "gpt"])
+def test_float32_models_start_from_the_same_bits(backend, model):
+    """Rescaled embedding tables are multiplied in float64 and rounded once on both sides: equal to the bit."""
+    build = {
+        "transformer": lambda ns, dtype: ns.Transformer(50, 60, 32, 4, 64, 1, 1, seed=3, dtype=dtype),
+        "transformer_tied": lambda ns, dtype: ns.Transformer(50, 50, 32, 4, 64, 1, 1, tie_embeddings=True, seed=3,
+                                                             dtype=dtype),
+        "encoder_model": lambda ns, dtype: ns.EncoderModel(40, 32, 4, 64, 1, num_token_types=2, seed=4, dtype=dtype),
+        "gpt": lambda ns, dtype: ns.DecoderLM.gpt(70, d_model=32, num_heads=4, num_layers=1, seed=5, dtype=dtype),
+    }[model]
+    reference, accelerated = build(R, np.float32), build(backend.rt, torch.float32)
+    got = accelerated.state_dict()
+    for name, value in reference.state_dict().items():
+        np.testing.assert_array_equal(backend.rt.to_numpy(got[name]), value, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", backend_params("torch"))
 def test_tied_parameter_is_one_listed_once_and_loads_everywhere(backend):
     rt = backend.rt
     model = transformer_builder(0, tie_embeddings=True)(rt, torch.float64)

@@ -51,10 +51,19 @@ class Embedding(Module):
         self.scale = bool(scale)
         self.multiplier = math.sqrt(embedding_dim) if self.scale else 1.0  # s
         self.dtype = resolve_dtype(dtype)
-        table = make_rng(seed).standard_normal((num_embeddings, embedding_dim))  # (V, D)
-        if padding_idx is not None:
-            table[padding_idx] = 0.0
-        self.weight = self.new_parameter(table, self.dtype)
+        self.weight = self.new_parameter(initial_table(num_embeddings, embedding_dim, padding_idx, seed), self.dtype)
+
+    def rescale_initial_weights(self, factor: float, seed) -> None:
+        """W ← factor · (the N(0, 1) table ``seed`` draws), multiplied in float64 and rounded once.
+
+        Models give their tables another standard deviation this way: scaling the stored float32
+        table would round twice. seed: the one this Embedding was built with (None: scale in place).
+        """
+        if seed is None:
+            self.weight.data *= factor
+            return
+        table = initial_table(self.num_embeddings, self.embedding_dim, self.padding_idx, seed) * factor  # (V, D)
+        self.weight.data = self.xp.asarray(table, dtype=self.weight.data.dtype)
 
     def forward(self, ids):
         check_token_ids("ids", ids, self.num_embeddings, xp=self.xp)
@@ -83,3 +92,11 @@ class Embedding(Module):
             f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
             f"padding_idx={self.padding_idx}, scale={self.scale}"
         )
+
+
+def initial_table(num_embeddings: int, embedding_dim: int, padding_idx, seed) -> np.ndarray:
+    """The float64 N(0, 1) table an Embedding built with ``seed`` starts from (the padding row 0)."""
+    table = make_rng(seed).standard_normal((num_embeddings, embedding_dim))  # (V, D)
+    if padding_idx is not None:
+        table[padding_idx] = 0.0
+    return table

@@ -61,13 +61,13 @@ class EncoderModel(Module):
         self.num_token_types = check_positive_int("num_token_types", num_token_types, minimum=0)
         self.dtype = resolve_dtype(dtype)
         self.embedding = Embedding(vocab_size, d_model, seed=child_seed(seed, "embedding"), dtype=self.dtype)
-        self.embedding.weight.data *= EMBEDDING_STD  # (V, d)  N(0, 1) → N(0, 0.02²)
+        self.embedding.rescale_initial_weights(EMBEDDING_STD, child_seed(seed, "embedding"))  # N(0, 0.02²)
         self.positional = LearnedPositionalEmbedding(d_model, max_len, seed=child_seed(seed, "positional"),
                                                      dtype=self.dtype)
         self.token_type = None
         if self.num_token_types:
             self.token_type = Embedding(num_token_types, d_model, seed=child_seed(seed, "token_type"), dtype=self.dtype)
-            self.token_type.weight.data *= EMBEDDING_STD  # (types, d)  N(0, 1) → N(0, 0.02²)
+            self.token_type.rescale_initial_weights(EMBEDDING_STD, child_seed(seed, "token_type"))
         self.embedding_norm = LayerNorm(d_model, layer_norm_eps, dtype=self.dtype)
         self.encoder = Encoder(
             d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first=False,

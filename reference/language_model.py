@@ -76,7 +76,8 @@ class DecoderLM(Module):
                 f"got {max_len}"
             )
         self.lm_head = Linear(d_model, vocab_size, False, seed=child_seed(seed, "lm_head"), dtype=self.dtype)
-        self.decoder.embedding.weight.data *= EMBEDDING_STD  # (V, d)  N(0, 1) → N(0, 0.02²)
+        self.decoder.embedding.rescale_initial_weights(  # (V, d)  N(0, 1) → N(0, 0.02²)
+            EMBEDDING_STD, child_seed(child_seed(seed, "decoder"), "embedding"))
         if self.tie_embeddings:
             self.lm_head.weight = self.decoder.embedding.weight  # (V, d)  one Parameter, two uses
 

@@ -122,18 +122,19 @@ class Transformer(Module):
         stack = dict(dropout=dropout, activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps,
                      bias=bias, final_norm=True, max_len=max_len, positional="sinusoidal", scale_embedding=True,
                      padding_idx=padding_idx, dtype=self.dtype)
+        encoder_seed, decoder_seed = child_seed(seed, "encoder"), child_seed(seed, "decoder")
         self.encoder = Encoder(d_model, num_heads, d_ff, num_encoder_layers, vocab_size=src_vocab_size,
-                               seed=child_seed(seed, "encoder"), **stack)
+                               seed=encoder_seed, **stack)
         self.decoder = Decoder(d_model, num_heads, d_ff, num_decoder_layers, vocab_size=tgt_vocab_size,
-                               seed=child_seed(seed, "decoder"), **stack)
+                               seed=decoder_seed, **stack)
         self.generator = Linear(d_model, tgt_vocab_size, True, seed=child_seed(seed, "generator"), dtype=self.dtype)
-        self.encoder.embedding.weight.data *= d_model**-0.5  # (V, d)  N(0, 1) → N(0, 1/d)
+        self.encoder.embedding.rescale_initial_weights(d_model**-0.5, child_seed(encoder_seed, "embedding"))  # N(0, 1/d)
         if self.tie_embeddings:
             shared = self.encoder.embedding.weight  # (V, d)  one Parameter, three uses
             self.decoder.embedding.weight = shared
             self.generator.weight = shared
         else:
-            self.decoder.embedding.weight.data *= d_model**-0.5  # (V, d)  N(0, 1) → N(0, 1/d)
+            self.decoder.embedding.rescale_initial_weights(d_model**-0.5, child_seed(decoder_seed, "embedding"))
 
     def encode(self, src, src_key_padding_mask=None):
         """memory (B, S, d) for source ids (B, S); the decoder reads it (encode once, decode often)."""

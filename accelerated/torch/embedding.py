@@ -29,6 +29,19 @@ class Embedding(Module):
         self.padding_idx, self.scale, self.multiplier = init.padding_idx, init.scale, init.multiplier
         self.weight = as_parameter(init.weight.data, self._dtype)  # (V, D)
 
+    def rescale_initial_weights(self, factor: float, seed) -> None:
+        """W ← factor · (the N(0, 1) table ``seed`` draws), multiplied in float64 and rounded once.
+
+        As the reference's: scaling the stored float32 (or half) table would round twice.
+        seed: the one this Embedding was built with (None: scale in place).
+        """
+        with torch.no_grad():
+            if seed is None:
+                self.weight.mul_(factor)
+                return
+            table = reference.initial_table(self.num_embeddings, self.embedding_dim, self.padding_idx, seed)  # (V, D)
+            self.weight.copy_(torch.from_numpy(table * factor))  # cast once to the parameter's dtype
+
     def forward(self, ids):
         check_token_ids("ids", ids, self.num_embeddings)
         if ids.dtype not in (torch.int32, torch.int64):

@@ -14,7 +14,7 @@ from .layer_norm import LayerNorm
 from .linear import Linear
 from .module import Module, child_seed
 from .positional import LearnedPositionalEmbedding
-from .transformer import check_padding_mask, check_token_input, scale_table
+from .transformer import check_padding_mask, check_token_input
 
 
 class EncoderModel(Module):
@@ -49,14 +49,14 @@ class EncoderModel(Module):
         self.num_token_types = check_positive_int("num_token_types", num_token_types, minimum=0)
         self._dtype = resolve_dtype(dtype)
         self.embedding = Embedding(vocab_size, d_model, seed=child_seed(seed, "embedding"), dtype=self._dtype)
-        scale_table(self.embedding, EMBEDDING_STD, child_seed(seed, "embedding"))  # N(0, 1) → N(0, 0.02²)
+        self.embedding.rescale_initial_weights(EMBEDDING_STD, child_seed(seed, "embedding"))  # N(0, 1) → N(0, 0.02²)
         self.positional = LearnedPositionalEmbedding(d_model, max_len, seed=child_seed(seed, "positional"),
                                                      dtype=self._dtype)
         self.token_type = None
         if self.num_token_types:
             self.token_type = Embedding(num_token_types, d_model, seed=child_seed(seed, "token_type"),
                                         dtype=self._dtype)
-            scale_table(self.token_type, EMBEDDING_STD, child_seed(seed, "token_type"))  # N(0, 0.02²)
+            self.token_type.rescale_initial_weights(EMBEDDING_STD, child_seed(seed, "token_type"))  # N(0, 0.02²)
         self.embedding_norm = LayerNorm(d_model, layer_norm_eps, dtype=self._dtype)
         self.encoder = Encoder(
             d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first=False,

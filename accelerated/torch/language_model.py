@@ -15,7 +15,6 @@ from .transformer import (
     TiedStateDict,
     check_padding_mask,
     check_token_input,
-    scale_table,
 )
 
 
@@ -72,7 +71,7 @@ class DecoderLM(TiedStateDict, Module):
             )
         self.lm_head = Linear(d_model, vocab_size, False, seed=child_seed(seed, "lm_head"), dtype=self._dtype)
         # N(0, 1) → N(0, 0.02²); the stack seeds its table with child_seed(stack seed, "embedding")
-        scale_table(self.decoder.embedding, EMBEDDING_STD, child_seed(decoder_seed, "embedding"))
+        self.decoder.embedding.rescale_initial_weights(EMBEDDING_STD, child_seed(decoder_seed, "embedding"))
         if self.tie_embeddings:
             self.lm_head.weight = self.decoder.embedding.weight  # (V, d)  one nn.Parameter, two uses
 

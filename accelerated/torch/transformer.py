@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from reference import embedding as reference_embedding
 from reference.transformer import check_cached_length, check_transformer_sizes
 
 from .arrays import resolve_dtype
@@ -37,24 +33,6 @@ def check_padding_mask(name: str, mask, batch: int, length: int):
     if tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must have shape {(batch, length)} (batch, sequence length), got {tuple(mask.shape)}")
     return mask
-
-
-def scale_table(embedding, factor: float, seed) -> None:
-    """embedding.weight ← its N(0, 1) initialization × factor, computed as the reference's float64 model does.
-
-    The product is taken in float64 on the table the seed gives, then cast once to the
-    parameter's dtype, so a float32 (or bf16) model holds exactly the float64 reference's
-    weights rounded (scaling an already rounded table would round twice). ``seed`` is the one
-    the embedding was built with; with None the table is fresh entropy and is scaled in place.
-    """
-    weight = embedding.weight
-    with torch.no_grad():
-        if seed is None:
-            weight.mul_(factor)
-            return
-        table = reference_embedding.Embedding(embedding.num_embeddings, embedding.embedding_dim,
-                                              embedding.padding_idx, seed=seed, dtype=np.float64).weight.data
-        weight.copy_(torch.from_numpy(table * factor))  # (V, d)  cast once to the parameter's dtype
 
 
 class TiedStateDict:
@@ -121,13 +99,13 @@ class Transformer(TiedStateDict, Module):
                                seed=decoder_seed, **stack)
         self.generator = Linear(d_model, tgt_vocab_size, True, seed=child_seed(seed, "generator"), dtype=self._dtype)
         # N(0, 1) → N(0, 1/d); a stack seeds its table with child_seed(stack seed, "embedding")
-        scale_table(self.encoder.embedding, d_model**-0.5, child_seed(encoder_seed, "embedding"))
+        self.encoder.embedding.rescale_initial_weights(d_model**-0.5, child_seed(encoder_seed, "embedding"))
         if self.tie_embeddings:
             shared = self.encoder.embedding.weight  # (V, d)  one nn.Parameter, three uses
             self.decoder.embedding.weight = shared
             self.generator.weight = shared
         else:
-            scale_table(self.decoder.embedding, d_model**-0.5, child_seed(decoder_seed, "embedding"))
+            self.decoder.embedding.rescale_initial_weights(d_model**-0.5, child_seed(decoder_seed, "embedding"))
 
     def encode(self, src, src_key_padding_mask=None):
         """memory (B, S, d) for source ids (B, S); the decoder reads it (encode once, decode often)."""
