@@ -267,6 +267,28 @@ def test_flash_attention_backward_tile_edges(modules, case_index):
         assert np.all(values(dk, etype)[:, :, L:] == 0) and np.all(values(dv, etype)[:, :, L:] == 0), what
 
 
+# The tensor-core forward skips the per-key mask test for a warp whose 16 rows can see every key of
+# a tile (no key mask, tile inside S, under causal the tile's last key <= the warp's first row):
+# causal without a mask, several key tiles crossing the diagonal at each warp's rows, S off the tile size.
+FORWARD_UNMASKED_CASES = [
+    ("float16", 64, 200, 200, 1, 2, 1),
+    ("bfloat16", 128, 130, 190, 1, 2, 2),
+    ("float16", 32, 256, 100, 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case_index", range(len(FORWARD_UNMASKED_CASES)),
+                         ids=[f"{e}-d{d}-L{L}-S{S}" for e, d, L, S, *_ in FORWARD_UNMASKED_CASES])
+def test_flash_attention_forward_causal_without_mask(modules, case_index):
+    etype, D, L, S, B, H, Hkv = FORWARD_UNMASKED_CASES[case_index]
+    schedule = SCHEDULES[case_index % len(SCHEDULES)]
+    got, want, what = run_flash_case(modules, etype, D, True, None, L, S, B, H, Hkv, 200 + case_index, schedule)
+    (out, lse, *_), (want_out, want_lse, *_, dead) = got, want
+    assert not dead.any()
+    assert_close(values(out, etype), want_out, etype, f"out {what}")
+    assert_close(lse, want_lse, "float32", f"lse {what}", tol=1e-4)
+
+
 @pytest.mark.parametrize("etype, D", [("float32", 32), ("bfloat16", 32), ("float16", 128)])
 def test_flash_attention_is_independent_of_thread_order(modules, etype, D):
     """The same bits whichever thread runs first: a missing barrier would make them differ."""
@@ -528,3 +550,80 @@ def test_emulator_exposes_a_missing_barrier_through_the_thread_order(mistakes):
     lowest, highest = results  # each order lets half of the threads read poisoned (NaN) shared memory
     assert np.isnan(lowest[:32]).all() and np.array_equal(lowest[32:], np.arange(31, -1, -1))
     assert np.array_equal(highest[:32], np.arange(63, 31, -1)) and np.isnan(highest[32:]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# The emulation of ldmatrix and cp.async (host_runtime.h), against a NumPy model of the PTX ISA
+# text ("Warp-level matrix load instruction: ldmatrix"): lane l of a warp gives the address of row
+# l % 8 of matrix l / 8 (8 consecutive b16 elements); register i of the lane with groupID g = l / 4,
+# threadID_in_group t = l % 4 holds matrix i's elements (g, 2t) | (g, 2t + 1) << 16, or with .trans
+# ("loaded in column-major format") its elements (2t, g) | (2t + 1, g) << 16.
+# ------------------------------------------------------------------------------------------------
+
+LDMATRIX_PROBE = r"""
+#define PROBE_STRIDE 40
+// Two warps: the tile is copied to shared memory with cp.async (16-byte pieces), then every lane
+// loads four registers with ldmatrix.x4 from the row (rows[2 l]) and column (rows[2 l + 1]) it is given.
+extern "C" __global__ void ldmatrix_probe(const unsigned short* src, const int* rows, unsigned* out, int trans) {
+    __shared__ __align__(16) unsigned short tile[64 * PROBE_STRIDE];
+    for (int i = threadIdx.x; i < 64 * PROBE_STRIDE / 8; i += blockDim.x) rosetta_emu::cp_async_16(tile + 8 * i, src + 8 * i);
+    __syncthreads();
+    unsigned r[4];
+    rosetta_emu::ldmatrix_x4(r, tile + rows[2 * threadIdx.x] * PROBE_STRIDE + rows[2 * threadIdx.x + 1], trans != 0);
+    for (int i = 0; i < 4; ++i) out[4 * threadIdx.x + i] = r[i];
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def ldmatrix_probe():
+    path = emu.CACHE_DIR / "sources" / "ldmatrix_probe.cu"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != LDMATRIX_PROBE:
+        path.write_text(LDMATRIX_PROBE)
+    return emu.EmulatedModule(path).get_function("ldmatrix_probe")
+
+
+def ldmatrix_model(tile, rows, trans):
+    """The ISA's ldmatrix.m8n8.x4[.trans].b16 for each warp of 32 lanes: (lanes, 4) uint32."""
+    out = np.zeros((rows.shape[0], 4), np.uint32)
+    for warp in range(rows.shape[0] // 32):
+        for i in range(4):  # matrix i: rows given by lanes 8i .. 8i + 7 of the warp
+            m = np.stack([tile[r, c:c + 8] for r, c in rows[warp * 32 + 8 * i: warp * 32 + 8 * i + 8]]).astype(np.uint32)
+            if trans:
+                m = m.T
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                out[warp * 32 + lane, i] = m[g, 2 * t] | (m[g, 2 * t + 1] << 16)
+    return out
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["ldmatrix", "ldmatrix.trans"])
+def test_emulated_ldmatrix_follows_the_isa(ldmatrix_probe, trans):
+    rng = np.random.default_rng(11 + trans)
+    tile = rng.permutation(64 * 40).astype(np.uint16).reshape(64, 40)  # distinct values: any misplaced element shows
+    for layout in ("random", "fragment"):
+        if layout == "random":  # any 16-byte aligned row start per lane
+            rows = np.stack([rng.integers(0, 64, 64), 8 * rng.integers(0, 5, 64)], axis=1).astype(np.int32)
+        else:  # the forward's A-fragment addressing: row l % 16, column 8 (l / 16) (per warp, 16 rows down)
+            lane = np.arange(64)
+            rows = np.stack([16 * (lane // 32) + lane % 16, 8 * ((lane % 32) // 16)], axis=1).astype(np.int32)
+        out = np.zeros((64, 4), np.uint32)
+        ldmatrix_probe((1,), (64,), (tile, np.ascontiguousarray(rows), out, np.int32(trans)))
+        np.testing.assert_array_equal(out, ldmatrix_model(tile, rows, trans), err_msg=f"{layout} rows, trans={trans}")
+    # fragment addressing: without .trans the registers are the mma A fragment a0..a3 of rows 0-15
+    if not trans:
+        t32 = tile.astype(np.uint32)
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            want = [t32[g, 2 * t] | t32[g, 2 * t + 1] << 16, t32[g + 8, 2 * t] | t32[g + 8, 2 * t + 1] << 16,
+                    t32[g, 2 * t + 8] | t32[g, 2 * t + 9] << 16, t32[g + 8, 2 * t + 8] | t32[g + 8, 2 * t + 9] << 16]
+            assert list(out[lane]) == want, lane
+
+
+def test_emulated_ldmatrix_rejects_a_misaligned_row(ldmatrix_probe):
+    tile = np.zeros((64, 40), np.uint16)
+    rows = np.zeros((64, 2), np.int32)
+    rows[5, 1] = 4  # 8 bytes into a row: ldmatrix needs 16-byte aligned row addresses
+    with pytest.raises(emu.EmulationError, match="not 16-byte aligned"):
+        ldmatrix_probe((1,), (64,), (tile, rows, np.zeros((64, 4), np.uint32), np.int32(0)))

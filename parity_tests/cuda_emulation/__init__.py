@@ -1,9 +1,9 @@
 """Run the CuPy backend's CUDA kernels on the CPU: g++ compiles the .cu source as host code.
 
 host_runtime.h (force-included) supplies the CUDA built-ins: each CUDA thread of a block runs as
-a fiber, blocks run one after another, and __syncthreads / warp shuffles / mma.sync are emulated
-(see the header for what is checked and what is not). This module compiles a kernel file into a
-cached shared library and launches its kernels with a cupy-like API::
+a fiber, blocks run one after another, and __syncthreads / warp shuffles / mma.sync / ldmatrix /
+cp.async are emulated (see the header for what is checked and what is not). This module compiles a
+kernel file into a cached shared library and launches its kernels with a cupy-like API::
 
     module = EmulatedModule(path_to_cu)
     module.get_function("flash_fwd_f16_d64")(grid, block, (q, k, v, np.uint64(0), out, lse, np.int32(4), ...))

@@ -4,7 +4,8 @@
 // Force-included before the kernel source (g++ -include host_runtime.h -DROSETTA_HOST_EMULATION).
 // The model, kept as close to CUDA's as a sequential emulator can be:
 //   * blocks run one after another; the threads of a block are fibers that switch only where a
-//     CUDA thread may wait for others: __syncthreads, warp shuffles, mma.sync (a warp collective);
+//     CUDA thread may wait for others: __syncthreads, warp shuffles, mma.sync and ldmatrix (warp
+//     collectives); cp.async is a synchronous copy and its commit / wait_group are no-ops;
 //   * __shared__ variables are function-level statics: one copy, shared by the fibers of the block
 //     that runs, poisoned (0xFF bytes, a NaN) before every block at the addresses the launcher
 //     finds in the library's symbol table, so a read of shared memory nobody wrote shows;
@@ -89,7 +90,7 @@ namespace rosetta_emu {
 
 enum State { RUNNABLE, AT_SYNCTHREADS, AT_WARP_COLLECTIVE, EXITED };
 enum Schedule { LOWEST_FIRST = 0, HIGHEST_FIRST = 1, RANDOM = 2 };
-enum Collective { SHUFFLE = 1, MMA = 2 };
+enum Collective { SHUFFLE = 1, MMA = 2, LDMATRIX = 3, LDMATRIX_TRANS = 4 };
 
 constexpr size_t STACK_BYTES = 256 * 1024;  // per fiber; a guard page below catches overflow
 
@@ -105,9 +106,10 @@ struct Fiber {
 struct Warp {
     int arrived = 0, exited = 0, kind = 0;
     unsigned phase = 0;
-    unsigned long long value[2][32];  // shuffles: each lane's operand (bits)
+    unsigned long long value[2][32];  // shuffles: each lane's operand (bits); ldmatrix: its row address
     unsigned a[2][32][4], b[2][32][2];  // mma: each lane's A and B fragment registers
     float A[2][16][16], B[2][16][8];   // mma: the assembled operands, by the last lane to arrive
+    unsigned loaded[2][32][4];         // ldmatrix: each lane's destination registers
 };
 
 struct Runtime {
@@ -307,6 +309,54 @@ inline void mma_m16n8k16(float* c, const unsigned* a, unsigned b0, unsigned b1) 
         for (int k = 0; k < 16; ++k) sum += w.A[buffer][row][k] * w.B[buffer][k][col];
         c[i] = sum;
     }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4{,.trans}.shared.b16: a warp collective load of four 8×8 matrices
+// of 16-bit elements. Transcribed from the PTX ISA, section "Warp-level matrix load instruction:
+// ldmatrix" (https://docs.nvidia.com/cuda/parallel-thread-execution/#warp-level-matrix-instructions-ldmatrix),
+// not from how the kernels use it:
+//   * each lane supplies one address, the start of one 16-byte matrix row (8 consecutive b16
+//     elements), which must be 16-byte aligned: lanes 0-7 the rows 0-7 of the first matrix, lanes
+//     8-15 those of the second, 16-23 the third, 24-31 the fourth;
+//   * destination register i of every lane receives a fragment of matrix i: "each thread in a warp
+//     loads fragments of a row ... a group of four threads loads an entire row", i.e. the lane with
+//     groupID = laneid >> 2 and threadID_in_group = laneid % 4 gets the elements
+//     (row groupID, cols 2 * threadID_in_group and + 1), the lower column in the low half;
+//   * .trans: "the matrix is loaded in column-major format", i.e. the lane gets the elements
+//     (rows 2 * threadID_in_group and + 1, col groupID) of the stored matrix, the lower row in the low half.
+// The rows are read once all 32 lanes have arrived (by the last lane, as the instruction reads them).
+inline void ldmatrix_x4(unsigned* r, const void* row_address, bool trans) {
+    const int t = rt.current;
+    Warp& w = rt.warps[warp_of(t)];
+    if (reinterpret_cast<uintptr_t>(row_address) % 16 != 0)
+        fail("%s: ldmatrix row address %p is not 16-byte aligned", describe(t), row_address);
+    auto deposit = [&](int buffer, int lane) { w.value[buffer][lane] = reinterpret_cast<uintptr_t>(row_address); };
+    auto gather = [&](int buffer) {
+        auto element = [&](int matrix, int row, int col) {
+            unsigned short x;
+            std::memcpy(&x, reinterpret_cast<const char*>(w.value[buffer][matrix * 8 + row]) + 2 * col, 2);
+            return (unsigned)x;
+        };
+        for (int lane = 0; lane < 32; ++lane) {
+            const int group = lane >> 2, in_group = lane % 4;
+            for (int matrix = 0; matrix < 4; ++matrix)
+                w.loaded[buffer][lane][matrix] =
+                    trans ? element(matrix, 2 * in_group, group) | element(matrix, 2 * in_group + 1, group) << 16
+                          : element(matrix, group, 2 * in_group) | element(matrix, group, 2 * in_group + 1) << 16;
+        }
+    };
+    const int buffer = warp_collective(trans ? LDMATRIX_TRANS : LDMATRIX, 0xffffffffu, deposit, gather);
+    for (int i = 0; i < 4; ++i) r[i] = w.loaded[buffer][lane_of(t)][i];
+}
+
+// cp.async.cg.shared.global [dst], [src], 16: emulated as a plain synchronous 16-byte copy (both
+// addresses 16-byte aligned, as the ISA requires), and cp.async.commit_group / cp.async.wait_group
+// as no-ops. The emulator therefore cannot see a missing or too weak wait_group (the data are
+// always there); it does see a missing __syncthreads after the wait, through the thread order.
+inline void cp_async_16(void* dst, const void* src) {
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+        fail("%s: cp.async of 16 bytes from %p to %p: both must be 16-byte aligned", describe(rt.current), src, dst);
+    std::memcpy(dst, src, 16);
 }
 
 // Runs one fiber: the kernel, then the bookkeeping of an exited thread.

@@ -119,11 +119,6 @@ template <> struct Mma<__nv_bfloat16> {
     }
 };
 
-// Two 16-bit values from shared memory as one register: (low, high) = (p[0], p[stride]).
-__device__ __forceinline__ unsigned pack_u16(const unsigned short* p, int stride) {
-    return (unsigned)p[0] | ((unsigned)p[stride] << 16);
-}
-
 // Copy `rows` rows (from row0) of a (n, D) 16-bit matrix into shared tile[ROWS][D + 8] in 16-byte
 // pieces; rows at or past n are zero.
 template <int ROWS, int D>
@@ -138,19 +133,100 @@ __device__ __forceinline__ void load_tile_16bit(unsigned short* tile, const unsi
     }
 }
 
-// Forward with tensor cores: 4 warps × 16 query rows = 64 rows per block, keys in tiles of 64.
+// ---------------------------------------------------------------------------------------------
+// Shared-memory fragment loads and asynchronous copies (sm_80+). Each PTX statement sits behind
+// one of these functions; under ROSETTA_HOST_EMULATION parity_tests/cuda_emulation/host_runtime.h
+// emulates it (ldmatrix as a warp collective; cp.async as a synchronous copy, commit / wait as
+// no-ops, so the emulator cannot see a missing wait: every wait below is followed by __syncthreads,
+// which it does check).
+// ---------------------------------------------------------------------------------------------
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 (PTX ISA, "Warp-level matrix load instruction:
+// ldmatrix"): lane l gives the address of row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned);
+// r[i] of lane (g = lane / 4, t = lane % 4) receives matrix i's elements (g, 2t..2t+1), or with
+// .trans its elements (2t..2t+1, g).
+template <bool TRANS = false>
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const unsigned short* row) {
+#ifndef ROSETTA_HOST_EMULATION
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(address));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(address));
+#else
+    rosetta_emu::ldmatrix_x4(r, row, TRANS);
+#endif
+}
+
+// cp.async.cg.shared.global: 16 bytes from global to shared memory, bypassing the registers (and L1).
+__device__ __forceinline__ void cp_async_16(unsigned short* dst, const unsigned short* src) {
+#ifndef ROSETTA_HOST_EMULATION
+    const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(src) : "memory");
+#else
+    rosetta_emu::cp_async_16(dst, src);
+#endif
+}
+
+// Closes the group of this thread's cp.async issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef ROSETTA_HOST_EMULATION
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are pending (its own copies only:
+// a __syncthreads must follow before other threads read them).
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef ROSETTA_HOST_EMULATION
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Issues the copy of `rows` rows (from row0) of a (n, D) 16-bit matrix into shared tile[ROWS][D + 8]
+// in 16-byte cp.async pieces; rows at or past n are zeroed with plain stores.
+template <int ROWS, int D>
+__device__ __forceinline__ void copy_tile_async(unsigned short* tile, const unsigned short* src, int row0, int n) {
+    constexpr int STRIDE = D + 8;
+    constexpr int CHUNKS = D / 8;                  // 16-byte pieces per row
+    constexpr int STEP = FA_THREADS / CHUNKS;      // rows per pass of the block
+    static_assert(FA_THREADS % CHUNKS == 0 && ROWS % STEP == 0, "whole rows per pass, whole passes per tile");
+    const int r0 = threadIdx.x / CHUNKS, c = (threadIdx.x % CHUNKS) * 8;
+    unsigned short* dst = tile + r0 * STRIDE + c;
+    const unsigned short* from = src + (long long)(row0 + r0) * D + c;
+#pragma unroll 1
+    for (int x = 0; x < ROWS / STEP; ++x) {
+        if (row0 + r0 + x * STEP < n) cp_async_16(dst + x * STEP * STRIDE, from + x * STEP * D);
+        else *reinterpret_cast<uint4*>(dst + x * STEP * STRIDE) = make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+// Forward with tensor cores: 4 warps × 16 query rows = 64 rows per block, keys in tiles of BN
+// (64; 32 at D = 128 to fit two stages in 48 KB). K/V tiles are double-buffered: tile j + 1 is
+// copied with cp.async while tile j is computed on; fragments come from shared memory by ldmatrix.
 template <typename T, int D>
 __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                         const signed char* __restrict__ key_mask, T* __restrict__ o,
                                         float* __restrict__ lse, int H, int Hkv, int L, int S, float scale,
                                         int causal) {
-    constexpr int BM = 64, BN = 64, STRIDE = D + 8, KT = D / 16, NT = BN / 8, DT = D / 8;
-    __shared__ __align__(16) unsigned short ks[BN * STRIDE];  // K tile; first holds the Q tile
-    __shared__ __align__(16) unsigned short vs[BN * STRIDE];
+    constexpr int BM = 64, BN = D <= 64 ? 64 : 32, STAGES = 2, STRIDE = D + 8;
+    constexpr int KT = D / 16, NT = BN / 8, DT = D / 8, TILE = BN * STRIDE;
+    static_assert(STAGES * BN >= BM, "the Q tile is staged in the K buffers");
+    static_assert(2 * STAGES * TILE * 2 <= 48 * 1024, "static shared memory");
+    static_assert(KT % 2 == 0 && DT % 2 == 0, "ldmatrix.x4 covers two k-steps / two n-tiles");
+    __shared__ __align__(16) unsigned short ks[STAGES * TILE];  // K tiles by stage; first holds the Q tile
+    __shared__ __align__(16) unsigned short vs[STAGES * TILE];
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int bh = blockIdx.y, b = bh / H, h = bh % H, kvh = h / (H / Hkv);
-    const int m0 = blockIdx.x * BM;
+    // Query blocks in reverse launch order: under causal the last blocks see the most keys, and
+    // starting them first shortens the tail of the grid (the result does not depend on the order).
+    const int m0 = (gridDim.x - 1 - blockIdx.x) * BM;
     const unsigned short* qbase = reinterpret_cast<const unsigned short*>(q) + (long long)bh * L * D;
     const unsigned short* kbase = reinterpret_cast<const unsigned short*>(k) + ((long long)b * Hkv + kvh) * S * D;
     const unsigned short* vbase = reinterpret_cast<const unsigned short*>(v) + ((long long)b * Hkv + kvh) * S * D;
@@ -158,21 +234,19 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
     const float log2e = 1.4426950408889634f;
     const float scale_log2 = scale * log2e;  // scores kept in base 2: exp(x) = exp2(x · log2 e)
 
-    // Q fragments of this warp's 16 rows stay in registers for the whole pass.
-    load_tile_16bit<BM, D>(ks, qbase, m0, L);
+    // Q fragments of this warp's 16 rows stay in registers for the whole pass. ldmatrix.x4 matrices
+    // 0..3 = rows 0-7 / 8-15 × cols 0-7, then rows 0-7 / 8-15 × cols 8-15: a0..a3 of the A fragment.
+    copy_tile_async<BM, D>(ks, qbase, m0, L);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     unsigned qf[KT][4];
     {
-        const unsigned short* qw = ks + (warp * 16) * STRIDE;
+        const unsigned short* qw = ks + (warp * 16 + lane % 16) * STRIDE + (lane / 16) * 8;
 #pragma unroll
-        for (int kt = 0; kt < KT; ++kt) {
-            int c = kt * 16 + 2 * t;
-            qf[kt][0] = *reinterpret_cast<const unsigned*>(qw + g * STRIDE + c);
-            qf[kt][1] = *reinterpret_cast<const unsigned*>(qw + (g + 8) * STRIDE + c);
-            qf[kt][2] = *reinterpret_cast<const unsigned*>(qw + g * STRIDE + c + 8);
-            qf[kt][3] = *reinterpret_cast<const unsigned*>(qw + (g + 8) * STRIDE + c + 8);
-        }
+        for (int kt = 0; kt < KT; ++kt) ldmatrix_x4(qf[kt], qw + kt * 16);
     }
+    __syncthreads();  // the Q tile is no longer read: the K stages may be filled
 
     const int row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
     float m_run[2] = {neg_inf(), neg_inf()};  // running max of base-2 scores
@@ -182,34 +256,52 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
     for (int nd = 0; nd < DT; ++nd) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.f;
 
     const int n_end = causal ? min(S, m0 + BM) : S;
-    for (int n0 = 0; n0 < n_end; n0 += BN) {
-        __syncthreads();  // the previous tile (or the Q tile) is no longer read
-        load_tile_16bit<BN, D>(ks, kbase, n0, S);
-        load_tile_16bit<BN, D>(vs, vbase, n0, S);
-        __syncthreads();
+    const int n_tiles = (n_end + BN - 1) / BN;
+    if (n_tiles > 0) {
+        copy_tile_async<BN, D>(ks, kbase, 0, S);
+        copy_tile_async<BN, D>(vs, vbase, 0, S);
+    }
+    cp_async_commit();
+    for (int tile = 0; tile < n_tiles; ++tile) {
+        const int n0 = tile * BN;
+        const unsigned short* kst = ks + (tile % STAGES) * TILE;
+        const unsigned short* vst = vs + (tile % STAGES) * TILE;
+        if (tile + 1 < n_tiles) {  // the other stage, free since the barrier that ended tile − 1
+            copy_tile_async<BN, D>(ks + ((tile + 1) % STAGES) * TILE, kbase, n0 + BN, S);
+            copy_tile_async<BN, D>(vs + ((tile + 1) % STAGES) * TILE, vbase, n0 + BN, S);
+        }
+        cp_async_commit();   // (possibly empty: keeps one group per tile)
+        cp_async_wait<1>();  // this thread's copies of this tile have landed
+        __syncthreads();     // ... and everyone's
 
-        // S = Q Kᵀ for 16 rows × 64 keys.
+        // S = Q Kᵀ for 16 rows × BN keys. B[k][n] = K[n][k]: one ldmatrix.x4 of rows nt·8.. and
+        // 32 columns gives b0, b1 of two consecutive k-steps.
         float s[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            const unsigned short* kr = ks + (nt * 8 + g) * STRIDE + 2 * t;
+            const unsigned short* kr = kst + (nt * 8 + lane % 8) * STRIDE + (lane / 8) * 8;
 #pragma unroll
-            for (int kt = 0; kt < KT; ++kt) {
-                unsigned b0 = *reinterpret_cast<const unsigned*>(kr + kt * 16);
-                unsigned b1 = *reinterpret_cast<const unsigned*>(kr + kt * 16 + 8);
-                Mma<T>::run(s[nt], qf[kt], b0, b1);
+            for (int kp = 0; kp < KT / 2; ++kp) {
+                unsigned kf[4];
+                ldmatrix_x4(kf, kr + kp * 32);
+                Mma<T>::run(s[nt], qf[2 * kp], kf[0], kf[1]);
+                Mma<T>::run(s[nt], qf[2 * kp + 1], kf[2], kf[3]);
             }
         }
 
-        // Mask, scale, online softmax (each row lives in the 4 lanes of one quad).
+        // Mask, scale, online softmax (each row lives in the 4 lanes of one quad). The per-key test
+        // is skipped (warp-uniformly) where no key of the tile can be masked for this warp's rows:
+        // no key mask, the tile inside S, and under causal its last key <= the warp's first row.
+        const bool unmasked = key_mask == nullptr && n0 + BN <= S && (!causal || n0 + BN - 1 <= m0 + warp * 16);
         float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = e / 2, j = n0 + nt * 8 + 2 * t + (e % 2);
-                float x = key_allowed(key_mask, mask_row, row[r], j, S, causal) ? s[nt][e] * scale_log2 : neg_inf();
+                float x = unmasked || key_allowed(key_mask, mask_row, row[r], j, S, causal) ? s[nt][e] * scale_log2
+                                                                                            : neg_inf();
                 s[nt][e] = x;
                 tile_max[r] = fmaxf(tile_max[r], x);
             }
@@ -255,14 +347,18 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
             a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
             a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            const unsigned short* vr = vs + (kk * 16 + 2 * t) * STRIDE + g;
+            // B[k][n] = V[key k][feature n], read transposed: matrices keys 0-7 / 8-15 × features
+            // nd·8.., then the same for nd + 1: b0, b1 of two consecutive n-tiles.
+            const unsigned short* vr = vst + (kk * 16 + lane % 16) * STRIDE + (lane / 16) * 8;
 #pragma unroll
-            for (int nd = 0; nd < DT; ++nd) {
-                unsigned b0 = pack_u16(vr + nd * 8, STRIDE);
-                unsigned b1 = pack_u16(vr + 8 * STRIDE + nd * 8, STRIDE);
-                Mma<T>::run(acc[nd], a, b0, b1);
+            for (int nd = 0; nd < DT; nd += 2) {
+                unsigned vf[4];
+                ldmatrix_x4<true>(vf, vr + nd * 8);
+                Mma<T>::run(acc[nd], a, vf[0], vf[1]);
+                Mma<T>::run(acc[nd + 1], a, vf[2], vf[3]);
             }
         }
+        __syncthreads();  // stage tile % STAGES is no longer read: the copy issued next iteration may refill it
     }
 
     // o = acc / l; a fully masked row has l = 0: o = 0, lse = −∞.
@@ -722,12 +818,18 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
             sa[1] = Mma<T>::pack(dp[0][2], dp[0][3]);
             sa[2] = Mma<T>::pack(dp[1][0], dp[1][1]);
             sa[3] = Mma<T>::pack(dp[1][2], dp[1][3]);
-            const unsigned short* dor = dos + (kc * 16 + 2 * t) * STRIDE + g;
-            const unsigned short* qr = qs + (kc * 16 + 2 * t) * STRIDE + g;
+            // (ldmatrix.x4.trans of rows kc·16 + 0-7 / 8-15 × columns nd·8.. and (nd + 1)·8..: b0, b1
+            // of n-tiles nd and nd + 1, as V in the forward.)
+            const int tr = (kc * 16 + lane % 16) * STRIDE + (lane / 16) * 8;
 #pragma unroll
-            for (int nd = 0; nd < DT; ++nd) {
-                Mma<T>::run(dv_acc[nd], pa, pack_u16(dor + nd * 8, STRIDE), pack_u16(dor + 8 * STRIDE + nd * 8, STRIDE));
-                Mma<T>::run(dk_acc[nd], sa, pack_u16(qr + nd * 8, STRIDE), pack_u16(qr + 8 * STRIDE + nd * 8, STRIDE));
+            for (int nd = 0; nd < DT; nd += 2) {
+                unsigned bf[4];
+                ldmatrix_x4<true>(bf, dos + tr + nd * 8);
+                Mma<T>::run(dv_acc[nd], pa, bf[0], bf[1]);
+                Mma<T>::run(dv_acc[nd + 1], pa, bf[2], bf[3]);
+                ldmatrix_x4<true>(bf, qs + tr + nd * 8);
+                Mma<T>::run(dk_acc[nd], sa, bf[0], bf[1]);
+                Mma<T>::run(dk_acc[nd + 1], sa, bf[2], bf[3]);
             }
         }
         __syncthreads();  // ds_s complete; Q, dO, lse, δ no longer read
@@ -745,10 +847,14 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
             a[1] = *reinterpret_cast<const unsigned*>(ar + 8 * DS_STRIDE);
             a[2] = *reinterpret_cast<const unsigned*>(ar + 8);
             a[3] = *reinterpret_cast<const unsigned*>(ar + 8 * DS_STRIDE + 8);
-            const unsigned short* kr = ks + (kk * 16 + 2 * t) * STRIDE + dq_col0 + g;
+            const unsigned short* kr = ks + (kk * 16 + lane % 16) * STRIDE + dq_col0 + (lane / 16) * 8;
 #pragma unroll
-            for (int nd = 0; nd < DQT; ++nd)
-                Mma<T>::run(dq[nd], a, pack_u16(kr + nd * 8, STRIDE), pack_u16(kr + 8 * STRIDE + nd * 8, STRIDE));
+            for (int nd = 0; nd < DQT; nd += 2) {
+                unsigned bf[4];
+                ldmatrix_x4<true>(bf, kr + nd * 8);
+                Mma<T>::run(dq[nd], a, bf[0], bf[1]);
+                Mma<T>::run(dq[nd + 1], a, bf[2], bf[3]);
+            }
         }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
