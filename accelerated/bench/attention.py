@@ -41,7 +41,7 @@ def _availability() -> dict:
     if flash_reason is None:
         try:
             from accelerated.cupy import flash_attention_kernels  # noqa: F401
-        except Exception as error:  # noqa: BLE001 - the launchers are still being finished
+        except Exception as error:  # noqa: BLE001 - any import failure is reported in the row, not raised
             flash_reason = f"flash-attention launchers unavailable: {type(error).__name__}: {error}"
     reasons["cupy-flash"] = flash_reason
     reasons["torch-sdpa"] = torch_reason
