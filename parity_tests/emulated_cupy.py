@@ -51,7 +51,8 @@ class RawModule:
             path.parent.mkdir(exist_ok=True)
             if not path.exists():
                 path.write_text(self.code)
-            self._module = cuda_emulation.EmulatedModule(path)
+            includes = [option[2:] for option in self.options if option.startswith("-I")]  # NVRTC's, e.g. kernels/
+            self._module = cuda_emulation.EmulatedModule(path, includes)
         return self._module
 
     def get_function(self, name: str):

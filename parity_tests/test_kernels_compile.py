@@ -146,7 +146,7 @@ def test_compile_options_name_the_cuda_headers(monkeypatch, tmp_path):
     monkeypatch.setenv(nvrtc.INCLUDE_ENV, str(tmp_path))
     nvrtc.cuda_include_dir.cache_clear()
     try:
-        assert nvrtc.compile_options() == ("--std=c++17", f"-I{tmp_path}")
+        assert nvrtc.compile_options() == ("--std=c++17", f"-I{KERNEL_DIR}", f"-I{tmp_path}")
     finally:
         nvrtc.cuda_include_dir.cache_clear()
 

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 LANGUAGE_OPTIONS = ("--std=c++17",)
+KERNEL_DIR = Path(__file__).resolve().with_name("kernels")
 #: a header every kernel file includes: the folder that holds it is the one NVRTC needs
 MARKER_HEADER = "cuda_fp16.h"
 INCLUDE_ENV = "ROSETTA_CUDA_INCLUDE"
@@ -62,9 +63,10 @@ def cuda_include_dir() -> Path | None:
 
 
 def compile_options() -> tuple:
-    """NVRTC options for kernels/*.cu: the C++ standard and, when found, -I<the CUDA headers>."""
+    """NVRTC options for kernels/*.cu: the C++ standard, -I<kernels/> (their shared common.cuh) and,
+    when found, -I<the CUDA headers>. NVRTC compiles a string, so even common.cuh needs the -I."""
     include = cuda_include_dir()
-    return LANGUAGE_OPTIONS + ((f"-I{include}",) if include is not None else ())
+    return LANGUAGE_OPTIONS + (f"-I{KERNEL_DIR}",) + ((f"-I{include}",) if include is not None else ())
 
 
 def raw_module(path: Path):

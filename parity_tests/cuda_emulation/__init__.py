@@ -83,8 +83,14 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _flags() -> list:
-    return [*FLAGS, f"-I{cuda_include_dir()}", "-include", str(HEADER)]
+def _flags(include_dirs=()) -> list:
+    return [*FLAGS, *(f"-I{d}" for d in include_dirs), f"-I{cuda_include_dir()}", "-include", str(HEADER)]
+
+
+def _headers(path: Path, include_dirs) -> list:
+    """The bytes of the project headers (*.cuh) the source may include: part of the cache key."""
+    folders = [path.parent, *map(Path, include_dirs)]
+    return [header.read_bytes() for folder in folders for header in sorted(folder.glob("*.cuh"))]
 
 
 def _run(command: list) -> str:
@@ -94,19 +100,24 @@ def _run(command: list) -> str:
     return result.stdout
 
 
-def compile_kernels(path) -> Path:
-    """The shared library of kernel source `path` (built once; cached by source, header and flags)."""
+def compile_kernels(path, include_dirs=()) -> Path:
+    """The shared library of kernel source `path` (built once; cached by source, headers and flags).
+
+    include_dirs: folders of the source's quoted includes besides its own (as NVRTC's -I options).
+    """
     path = Path(path).resolve()
+    flags = _flags(include_dirs)
     compiler = _run(["g++", "--version"]).splitlines()[0]
     key = hashlib.sha256(b"\0".join(x.encode() if isinstance(x, str) else x for x in (
-        path.read_bytes(), HEADER.read_bytes(), " ".join(_flags()), compiler))).hexdigest()[:20]
+        path.read_bytes(), HEADER.read_bytes(), *_headers(path, include_dirs), " ".join(flags),
+        compiler))).hexdigest()[:20]
     prefix = f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"  # one cache line per source file
     library = CACHE_DIR / f"{prefix}-{key}.so"
     if library.exists() and library.with_suffix(".json").exists():
         return library
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     # The kernels' names, from the preprocessed source: __global__ expands to __attribute__((used)).
-    preprocessed = _run(["g++", "-E", *[f for f in _flags() if f not in ("-shared", "-fPIC")], "-x", "c++", str(path)])
+    preprocessed = _run(["g++", "-E", *[f for f in flags if f not in ("-shared", "-fPIC")], "-x", "c++", str(path)])
     kernels = sorted(set(re.findall(r'extern\s+"C"\s+__attribute__\(\(used\)\)\s+void\s+(\w+)\s*\(', preprocessed)))
     if not kernels:
         raise EmulationError(f"no extern \"C\" __global__ kernels found in {path}")
@@ -116,7 +127,7 @@ def compile_kernels(path) -> Path:
     wrapper.write_text(f'#include "{path}"\n' + "".join(f"ROSETTA_EXPORT_KERNEL({k})\n" for k in kernels))
     partial = library.with_name(f"{library.stem}-{unique}.so")
     try:
-        _run(["g++", *_flags(), str(wrapper), "-o", str(partial)])
+        _run(["g++", *flags, str(wrapper), "-o", str(partial)])
         # __shared__ variables are function-level statics (mangled _ZZ...) in .bss: poisoned per block.
         shared, anchor = [], None
         for line in _run(["objdump", "-t", str(partial)]).splitlines():
@@ -141,12 +152,12 @@ def compile_kernels(path) -> Path:
 class EmulatedModule:
     """A kernel file compiled for the CPU, like cupy.RawModule: get_function(name)(grid, block, args)."""
 
-    def __init__(self, path):
+    def __init__(self, path, include_dirs=()):
         reason = unavailable_reason()
         if reason is not None:
             raise EmulationError(reason)
         self.path = Path(path)
-        library = compile_kernels(self.path)
+        library = compile_kernels(self.path, include_dirs)
         info = json.loads(library.with_suffix(".json").read_text())
         self.kernels = tuple(info["kernels"])
         self._lib = ctypes.CDLL(str(library))

@@ -7,16 +7,8 @@
 //       [chunk_start[b], chunk_start[b] + chunk_size) of tensor chunk_tensor[b]
 //   step_size (tensors,) float32 = lr / (1 − β₁ᵗ);  bias2_sqrt (tensors,) float32 = √(1 − β₂ᵗ)
 //   θ ← θ(1 − ηλ);  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;  θ ← θ − step_size · m / (√v / bias2_sqrt + ε)
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
-__device__ __forceinline__ float load_f(float v) { return v; }
-__device__ __forceinline__ float load_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float load_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T store_f(float v);
-template <> __device__ __forceinline__ float store_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half store_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T>
 __device__ void adamw_step(const unsigned long long* __restrict__ params, const unsigned long long* __restrict__ grads,
@@ -34,13 +26,13 @@ __device__ void adamw_step(const unsigned long long* __restrict__ params, const 
     T* v = reinterpret_cast<T*>(exp_avg_sqs[t]);
     const float decay = 1.0f - lr * weight_decay, alpha = step_size[t], b2 = bias2_sqrt[t];
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
-        const float gi = load_f(g[i]);
-        const float theta = load_f(p[i]) * decay;                       // θ(1 − ηλ)
-        const float mi = beta1 * load_f(m[i]) + (1.0f - beta1) * gi;   // first moment
-        const float vi = beta2 * load_f(v[i]) + (1.0f - beta2) * gi * gi;  // second moment
-        m[i] = store_f<T>(mi);
-        v[i] = store_f<T>(vi);
-        p[i] = store_f<T>(theta - alpha * mi / (sqrtf(vi) / b2 + eps));
+        const float gi = to_float(g[i]);
+        const float theta = to_float(p[i]) * decay;                       // θ(1 − ηλ)
+        const float mi = beta1 * to_float(m[i]) + (1.0f - beta1) * gi;   // first moment
+        const float vi = beta2 * to_float(v[i]) + (1.0f - beta2) * gi * gi;  // second moment
+        m[i] = from_float<T>(mi);
+        v[i] = from_float<T>(vi);
+        p[i] = from_float<T>(theta - alpha * mi / (sqrtf(vi) / b2 + eps));
     }
 }
 

@@ -3,16 +3,8 @@
 //   bias_activation_forward_T(x, bias, y, n, N, activation)          y = act(x + b)
 //   bias_activation_backward_T(dy, x, bias, dx, n, N, activation)    dx = dy ⊙ act'(x + b)
 //   (n = rows · N; the bias gradient Σ_rows dx is a column sum the caller takes)
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
-__device__ __forceinline__ float load_f(float v) { return v; }
-__device__ __forceinline__ float load_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float load_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T store_f(float v);
-template <> __device__ __forceinline__ float store_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half store_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 __device__ __forceinline__ float activate(float u, int activation) {
     switch (activation) {
@@ -49,7 +41,7 @@ template <typename T>
 __device__ void bias_activation_forward(const T* __restrict__ x, const T* __restrict__ bias, T* __restrict__ y,
                                         long long n, int N, int activation) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        y[i] = store_f<T>(activate(load_f(x[i]) + load_f(bias[i % N]), activation));
+        y[i] = from_float<T>(activate(to_float(x[i]) + to_float(bias[i % N]), activation));
     }
 }
 
@@ -58,8 +50,8 @@ __device__ void bias_activation_backward(const T* __restrict__ dy, const T* __re
                                          const T* __restrict__ bias, T* __restrict__ dx, long long n, int N,
                                          int activation) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        const float u = load_f(x[i]) + load_f(bias[i % N]);
-        dx[i] = store_f<T>(load_f(dy[i]) * activate_grad(u, activation));
+        const float u = to_float(x[i]) + to_float(bias[i % N]);
+        dx[i] = from_float<T>(to_float(dy[i]) * activate_grad(u, activation));
     }
 }
 

@@ -6,24 +6,10 @@
 //   cross_entropy_backward_T(logits, target, lse, row_scale, dlogits, rows, V, ignore_index, smoothing)
 //       dlogits[r, j] = row_scale[r] · (exp(z_j − lse) − q_j),  q = (1 − ε) onehot(t) + ε/V
 //       row_scale (rows,) float32 = g · s · w, computed by the caller (0 on ignored rows)
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
-__device__ __forceinline__ float load_f(float v) { return v; }
-__device__ __forceinline__ float load_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float load_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T store_f(float v);
-template <> __device__ __forceinline__ float store_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half store_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-__device__ __forceinline__ float warp_reduce(float v, int is_max) {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        const float o = __shfl_xor_sync(0xffffffffu, v, offset);
-        v = is_max ? fmaxf(v, o) : v + o;
-    }
-    return v;
-}
+__device__ __forceinline__ float warp_reduce(float v, int is_max) { return is_max ? warp_max(v) : warp_sum(v); }
 
 // Sum (is_max = 0) or max (is_max = 1) of v over the block; every thread gets it.
 __device__ float block_reduce(float v, float* buf, int is_max) {
@@ -49,11 +35,11 @@ __device__ void cross_entropy_forward(const T* __restrict__ logits, const long l
     if (row >= rows) return;
     const T* z = logits + (long long)row * V;
     float m = __int_as_float(0xff800000), s = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, load_f(z[j]));
+    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, to_float(z[j]));
     m = block_reduce(m, buf, 1);  // max z
     float zsum = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const float zj = load_f(z[j]);
+        const float zj = to_float(z[j]);
         s += __expf(zj - m);
         zsum += zj;
     }
@@ -65,7 +51,7 @@ __device__ void cross_entropy_forward(const T* __restrict__ logits, const long l
         lse_out[row] = lse;
         float l = 0.0f;
         if (t != ignore_index) {
-            l = lse - load_f(z[t]);  // −log p_t
+            l = lse - to_float(z[t]);  // −log p_t
             if (smoothing > 0.0f) l = (1.0f - smoothing) * l + smoothing * (lse - zsum / V);
         }
         loss[row] = l;
@@ -84,9 +70,9 @@ __device__ void cross_entropy_backward(const T* __restrict__ logits, const long 
     const long long t = target[row];
     const float off = smoothing / V, on = (1.0f - smoothing) + smoothing / V;  // q_j
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const float p = __expf(load_f(logits[base + j]) - lse);  // softmax(z)_j
+        const float p = __expf(to_float(logits[base + j]) - lse);  // softmax(z)_j
         const float q = (t != ignore_index && j == t) ? on : off;
-        dlogits[base + j] = store_f<T>(scale * (p - q));  // ← from ℓ = −Σ_j q_j log p_j
+        dlogits[base + j] = from_float<T>(scale * (p - q));  // ← from ℓ = −Σ_j q_j log p_j
     }
 }
 

@@ -1,7 +1,7 @@
 // Fused flash attention, forward and backward: the CuPy backend's attention kernels.
 //
 // Compiled at run time by cupy.RawModule (NVRTC), so this file holds only device code and
-// includes nothing but the fp16/bf16 headers NVRTC ships. The readable specification of the
+// includes nothing but common.cuh (conversions, warp reductions) and the CUDA fp16/bf16 headers. The readable specification of the
 // algorithm is the tiled NumPy attention of the reference; the math below is the same.
 //
 // Layouts (all contiguous, row-major):
@@ -33,33 +33,13 @@
 //                                     32 (f32, D ≤ 64), 16 (f32, D = 128)
 //   flash_bwd_convert_dq_<tag>        grid ceil(n / 256), 256 threads
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
 #define FA_THREADS 128
 
 namespace flash {
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_float(float x);
-template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-__device__ __forceinline__ float warp_max(float x) {
-    for (int offset = 16; offset > 0; offset >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-    return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-    return x;
-}
 
 // Whether key j may be attended by query i (both global indices within their sequences).
 __device__ __forceinline__ bool key_allowed(const signed char* key_mask, long long mask_row, int i, int j,

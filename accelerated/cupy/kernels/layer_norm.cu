@@ -1,26 +1,13 @@
 // LayerNorm and RMSNorm, forward and backward: one block per row, fp32 accumulation.
-// NVRTC-compatible (extern "C" entry points, cuda_fp16.h / cuda_bf16.h only).
+// NVRTC-compatible (extern "C" entry points, common.cuh and the CUDA fp16/bf16 headers only).
 // Entry points, for T in {f32, f16, bf16}:
 //   norm_forward_T(x, weight, bias, y, mean, rstd, rows, D, eps, rms, has_bias)
 //       x, y (rows, D) T; weight, bias (D,) T; mean, rstd (rows,) float32 (mean = 0 for RMSNorm)
 //   norm_backward_input_T(dy, x, weight, mean, rstd, dx, rows, D, rms)      dx (rows, D) T
 //   norm_backward_params_T(dy, x, mean, rstd, dweight, dbias, rows, D, rows_per_block, has_bias)
 //       dweight, dbias (D,) float32, zero-initialized by the caller (atomicAdd over row chunks)
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "common.cuh"
 
-__device__ __forceinline__ float load_f(float v) { return v; }
-__device__ __forceinline__ float load_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float load_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T store_f(float v);
-template <> __device__ __forceinline__ float store_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half store_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
 
 // Sum of v over the block; every thread gets the result. buf: 32 floats of shared memory.
 __device__ float block_sum(float v, float* buf) {
@@ -48,19 +35,19 @@ __device__ void norm_forward(const T* __restrict__ x, const T* __restrict__ weig
     float mean = 0.0f;
     if (!rms) {  // μ = mean(x)
         float s = 0.0f;
-        for (int j = threadIdx.x; j < D; j += blockDim.x) s += load_f(xr[j]);
+        for (int j = threadIdx.x; j < D; j += blockDim.x) s += to_float(xr[j]);
         mean = block_sum(s, buf) / D;
     }
     float s2 = 0.0f;  // σ² = mean((x − μ)²), two-pass (RMSNorm: mean(x²))
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
-        const float c = load_f(xr[j]) - mean;
+        const float c = to_float(xr[j]) - mean;
         s2 += c * c;
     }
     const float rstd = rsqrtf(block_sum(s2, buf) / D + eps);
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
-        float v = (load_f(xr[j]) - mean) * rstd * load_f(weight[j]);  // x̂ ⊙ γ
-        if (has_bias) v += load_f(bias[j]);                          // + β
-        yr[j] = store_f<T>(v);
+        float v = (to_float(xr[j]) - mean) * rstd * to_float(weight[j]);  // x̂ ⊙ γ
+        if (has_bias) v += to_float(bias[j]);                          // + β
+        yr[j] = from_float<T>(v);
     }
     if (threadIdx.x == 0) {
         mean_out[row] = mean;
@@ -79,17 +66,17 @@ __device__ void norm_backward_input(const T* __restrict__ dy, const T* __restric
     const float mean = mean_in[row], rstd = rstd_in[row];
     float sg = 0.0f, sgx = 0.0f;  // Σ ĝ and Σ ĝ ⊙ x̂ with ĝ = dy ⊙ γ
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
-        const float g = load_f(dy[base + j]) * load_f(weight[j]);
-        const float xh = (load_f(x[base + j]) - mean) * rstd;
+        const float g = to_float(dy[base + j]) * to_float(weight[j]);
+        const float xh = (to_float(x[base + j]) - mean) * rstd;
         sg += g;
         sgx += g * xh;
     }
     const float g_mean = rms ? 0.0f : block_sum(sg, buf) / D;
     const float gx_mean = block_sum(sgx, buf) / D;
     for (int j = threadIdx.x; j < D; j += blockDim.x) {  // dx = r (ĝ − mean(ĝ) − x̂ mean(ĝ ⊙ x̂))
-        const float g = load_f(dy[base + j]) * load_f(weight[j]);
-        const float xh = (load_f(x[base + j]) - mean) * rstd;
-        dx[base + j] = store_f<T>(rstd * (g - g_mean - xh * gx_mean));
+        const float g = to_float(dy[base + j]) * to_float(weight[j]);
+        const float xh = (to_float(x[base + j]) - mean) * rstd;
+        dx[base + j] = from_float<T>(rstd * (g - g_mean - xh * gx_mean));
     }
 }
 
@@ -105,8 +92,8 @@ __device__ void norm_backward_params(const T* __restrict__ dy, const T* __restri
     float sw = 0.0f, sb = 0.0f;  // dγ = Σ_rows dy ⊙ x̂,  dβ = Σ_rows dy
     for (int row = first; row < last; ++row) {
         const long long at = (long long)row * D + j;
-        const float d = load_f(dy[at]);
-        sw += d * (load_f(x[at]) - mean_in[row]) * rstd_in[row];
+        const float d = to_float(dy[at]);
+        sw += d * (to_float(x[at]) - mean_in[row]) * rstd_in[row];
         sb += d;
     }
     atomicAdd(dweight + j, sw);
