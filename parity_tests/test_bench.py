@@ -92,3 +92,31 @@ def test_gpu_attention_run(tmp_path):
                        "--out", str(tmp_path)]) == 0
     document = common.validate(json.loads((tmp_path / "attention.json").read_text()))
     assert all(r["tflops"] > 0 for r in document["results"])
+
+
+def test_dispatch_counts_fewer_kernels_than_the_baseline_and_one_graph_break(tmp_path):
+    """The `dispatch` suite at one layer a side: accelerated.torch launches fewer kernels per training
+    step than torch.nn.Transformer (stacked q/k/v projections), does not read the device again for a
+    batch it has checked (test_torch_models.py counts the two reads of a fresh batch), and torch.compile sees the model as two graphs (the token check's read, then the whole model)."""
+    pytest.importorskip("torch")
+    from accelerated.bench import dispatch
+
+    cfg = {**dispatch.CONFIG, "num_encoder_layers": 1, "num_decoder_layers": 1}
+    document = dispatch.run(warmup=1, reps=2, cfg=cfg)
+    rows = {(r["backend"], r["precision"]): r for r in document["results"]}
+    assert set(rows) == {(b, p) for b, p in dispatch.ROWS}
+    for precision in ("fp32", "bf16"):
+        ours, base = rows["accelerated.torch", precision], rows["torch.nn.Transformer", precision]
+        assert ours["kernels"] < base["kernels"], (precision, ours["kernels_by_op"], base["kernels_by_op"])
+        assert ours["host_syncs"] == 0  # one batch, reused: its id ranges were read in the warm-up step
+    assert rows["accelerated.torch", "fp32"]["graph_breaks"] <= 1
+    assert rows["torch.nn.Transformer", "fp32"]["graph_breaks"] == 0  # the measure sees what it should
+
+
+def test_dispatch_cli_writes_json_and_png(tmp_path):
+    pytest.importorskip("torch")
+    assert bench_main(["dispatch", "--reps", "1", "--no-compile-check", "--out", str(tmp_path)]) == 0
+    document = common.validate(json.loads((tmp_path / "dispatch.json").read_text()))
+    assert document["suite"] == "dispatch" and len(document["results"]) == 4
+    assert all(r["kernels"] > 0 and r["median_ms"] > 0 for r in document["results"])
+    assert (tmp_path / "dispatch.png").stat().st_size > 0

@@ -176,6 +176,26 @@ def test_backward_is_for_forward_only(backend):
         lm.backward(torch.ones(2, 4, VOCAB, dtype=torch.float64, device=backend.device))
 
 
+@pytest.mark.parametrize("backend", backend_params("torch"))
+def test_token_ids_are_read_once_per_step_and_again_after_a_write(backend):
+    """forward checks src and tgt, and the embeddings check them again: one device read each
+    (on a GPU every read is a host sync); an in-place write makes the remembered range stale."""
+    from accelerated.bench.dispatch import count_ops, host_syncs
+
+    model = transformer_builder(1)(backend.rt, torch.float64).to(backend.device)
+    src = native(backend, token_ids(0, (2, 4)), "float64")
+    tgt = native(backend, token_ids(1, (2, 3)), "float64")
+    counts = count_ops(lambda: model(src, tgt))
+    assert counts["aten.aminmax.default"] == 2 and host_syncs(counts) == 2
+    assert host_syncs(count_ops(lambda: model(src, tgt))) == 0  # unchanged tensors: remembered
+    src[1, 2] = VOCAB  # written in place: read again
+    with pytest.raises(ValueError, match=rf"src must lie in \[0, {VOCAB}\) \(the vocabulary\), got id {VOCAB}"):
+        model(src, tgt)
+    tgt.add_(-10)
+    with pytest.raises(ValueError, match="tgt must lie in"):
+        model.decode(tgt, model.encode(src[:1, :1] * 0))
+
+
 # ---- the loss ----------------------------------------------------------------------------------------------
 
 

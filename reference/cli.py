@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="backends, devices and versions")
     info.set_defaults(run=_info)
     add_training_commands(sub)  # train, decode, plot-attention
-    bench = sub.add_parser("bench", help="benchmarks (python -m accelerated.bench): attention, training, cpu",
+    bench = sub.add_parser("bench", help="benchmarks (python -m accelerated.bench): attention, training, cpu, dispatch",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)

@@ -1,4 +1,4 @@
-"""``python -m accelerated.bench {attention,training,cpu} [options]`` (also ``rosetta bench ...``)."""
+"""``python -m accelerated.bench {attention,training,cpu,dispatch} [options]`` (also ``rosetta bench ...``)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ def build_parser(parser=None):
     cpu.add_argument("--warmup", type=int, default=5)
     cpu.add_argument("--threads", default="1,default", help="thread settings, e.g. 1,default")
     cpu.add_argument("--no-profile", action="store_true", help="skip the cProfile of the reference")
-    for p in (att, tr, cpu):
+    dispatch = sub.add_parser("dispatch", help="kernels, host syncs and compile graph breaks per training step (CPU)")
+    dispatch.add_argument("--reps", type=int, default=30, help="timed steps per row")
+    dispatch.add_argument("--no-compile-check", action="store_true", help="skip torch._dynamo.explain")
+    for p in (att, tr, cpu, dispatch):
         p.add_argument("--out", default=common.DEFAULT_OUT, help=f"folder for JSON and PNG (default {common.DEFAULT_OUT})")
     return parser
 
@@ -63,6 +66,10 @@ def run(args) -> int:
         except RuntimeError as error:
             print(f"bench training: {error}", file=sys.stderr)
             return 2
+    elif args.suite == "dispatch":
+        from . import dispatch as suite
+
+        document = suite.run(reps=args.reps, compile_check=not args.no_compile_check)
     else:
         from . import cpu as suite
 
@@ -78,6 +85,8 @@ def run(args) -> int:
         drawn = plots.attention_plot(document, png)
     elif args.suite == "training":
         drawn = plots.bars(document, png, "label", f"training step, config {args.config}, {document['device']['name']}")
+    elif args.suite == "dispatch":
+        drawn = plots.dispatch_plot(document, png)
     else:
         drawn = plots.bars(document, png, lambda r: f"{r['implementation']}\n{r['threads']} thr.",
                            f"CPU training step ({document['config']['preset']} preset), {document['device']['name']}")

@@ -65,3 +65,29 @@ def bars(document: dict, path, label_key: str, title: str) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def dispatch_plot(document: dict, path) -> Path | None:
+    """Kernels per training step and CPU ms per step, a bar per row (the `dispatch` suite)."""
+    rows = [r for r in document["results"] if r.get("kernels")]
+    if not rows:
+        return None
+    plt = _pyplot()
+    labels = [r["label"].replace(" ", "\n", 1) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    for ax, key, ylabel in ((axes[0], "kernels", "kernels launched per step"),
+                            (axes[1], "median_ms", "CPU ms per step (median, 1 thread)")):
+        values = [r[key] for r in rows]
+        ax.bar(range(len(rows)), values, color=["tab:blue" if "accelerated" in r["backend"] else "tab:gray"
+                                                for r in rows])
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.0f}" if key == "kernels" else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"one training step's dispatch, base architecture at host-overhead size, {document['device']['name']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

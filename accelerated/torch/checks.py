@@ -6,6 +6,8 @@ imported from reference/checks.py; only the array checks need torch's view of dt
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from reference.arrays import _is_cupy_array
@@ -67,11 +69,32 @@ def check_token_ids(name: str, ids, vocab_size: int) -> torch.Tensor:
     """Token ids: an integer tensor with every id in [0, vocab_size)."""
     check_tensor(name, ids, kind="iu")
     if ids.numel():
-        low, high = int(ids.min()), int(ids.max())
+        low, high = token_range(ids)
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"{name} must lie in [0, {vocab_size}) (the vocabulary), got id {bad}")
     return ids
+
+
+_token_ranges: dict = {}  # id(ids) → (weak reference, ids._version, low, high)
+
+
+def token_range(ids: torch.Tensor) -> tuple:
+    """(min, max) of a non-empty integer tensor: one device sync, then remembered while it is unchanged.
+
+    A model checks its ids at the entry and its embedding checks them again; on a GPU each check
+    is a host-device sync, so the range is kept until the tensor is freed or written in place.
+    """
+    if torch.compiler.is_compiling():  # a graph break either way; the memo is for eager syncs
+        return tuple(torch.stack(torch.aminmax(ids)).tolist())
+    key = id(ids)
+    known = _token_ranges.get(key)
+    if known is not None and known[0]() is ids and known[1] == ids._version:
+        return known[2], known[3]
+    low, high = torch.aminmax(ids)  # two scalars, read back together: one sync
+    low, high = torch.stack([low, high]).tolist()
+    _token_ranges[key] = (weakref.ref(ids, lambda _, key=key: _token_ranges.pop(key, None)), ids._version, low, high)
+    return low, high
 
 
 def check_flag(name: str, value) -> bool:
@@ -84,4 +107,5 @@ def check_flag(name: str, value) -> bool:
 __all__ = [
     "autocast_active", "check_choice", "check_divisible", "check_flag", "check_positive_int",
     "check_probability", "check_size", "check_tensor", "check_token_ids", "describe", "dtype_kind",
+    "token_range",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .arrays import resolve_dtype
 from .attention import ScaledDotProductAttention
@@ -85,13 +86,15 @@ class MultiHeadAttention(Module):
         mask = self._combined_mask(attn_mask, key_padding_mask, B, L, S, bool(is_causal), query.device,
                                    offset=offset, cached=cache is not None)
 
-        q = self.q_proj(query).reshape(B, L, H, d).transpose(1, 2)  # (B, H, L, d)
         if cache is None:
-            k = self.k_proj(key).reshape(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
-            v = self.v_proj(value).reshape(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
+            q, k, v = self._project(query, key, value, inputs)  # (B, L, D), (B, S, Hkv·d) ×2
+            q = q.reshape(B, L, H, d).transpose(1, 2)  # (B, H, L, d)
+            k = k.reshape(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
+            v = v.reshape(B, S, Hkv, d).transpose(1, 2)  # (B, Hkv, S, d)
             if self.rotary is not None:
                 q, k = self.rotary(q, k)  # (B, H, L, d), (B, Hkv, S, d)  positions 0, 1, ...
         else:
+            q = self.q_proj(query).reshape(B, L, H, d).transpose(1, 2)  # (B, H, L, d)
             q, k, v = self._cached_projections(q, key, value, inputs, offset, cache)
         # with a cache the causal part is already in `mask` (its rows start at `offset`)
         options = {"attn_mask": mask, "is_causal": bool(is_causal) and cache is None, "enable_gqa": Hkv != H}
@@ -101,6 +104,23 @@ class MultiHeadAttention(Module):
             o = self.attention(q, k, v, **options)  # (B, H, L, d)  the fused kernel
         y = self.out_proj(o.transpose(1, 2).reshape(B, L, self.d_model))  # (B, L, D)
         return (y, weights) if need_weights else y
+
+    def _project(self, query, key, value, inputs):
+        """query W_qᵀ + b_q, key W_kᵀ + b_k, value W_vᵀ + b_v, as one matrix product where inputs are shared.
+
+        Self-attention multiplies x by [W_q; W_k; W_v] stacked (one GEMM, as nn.MultiheadAttention's
+        in_proj), cross-attention m(q, memory) memory by [W_k; W_v]: fewer, larger kernels, and under
+        autocast one weight cast instead of three. The parameters stay separate (state-dict keys as on
+        every backend); the stacking is differentiable, so each weight still gets its own gradient.
+        """
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        shared = {"self": projections, "kv": projections[1:]}.get(inputs, ())
+        if len(shared) < 2:
+            return tuple(projection(x) for projection, x in zip(projections, (query, key, value)))
+        weight = torch.cat([p.weight for p in shared])  # (Σ out, D)
+        bias = None if shared[0].bias is None else torch.cat([p.bias for p in shared])  # (Σ out,)
+        stacked = F.linear(key, weight, bias).split([p.out_features for p in shared], dim=-1)  # (B, S, out) each
+        return stacked if inputs == "self" else (self.q_proj(query), *stacked)
 
     def _cached_projections(self, q, key, value, inputs, offset, cache):
         """Keys and values through the cache: append the new ones (self) or reuse the memory's (cross)."""

@@ -110,6 +110,10 @@ class Transformer(TiedStateDict, Module):
     def encode(self, src, src_key_padding_mask=None):
         """memory (B, S, d) for source ids (B, S); the decoder reads it (encode once, decode often)."""
         check_token_input("src", src, self.src_vocab_size, self.max_len)
+        return self._encode(src, src_key_padding_mask)
+
+    def _encode(self, src, src_key_padding_mask):
+        """encode() once src is checked (forward checks src and tgt before any layer runs)."""
         check_padding_mask("src_key_padding_mask", src_key_padding_mask, src.shape[0], src.shape[1])
         memory = self.encoder(src, src_key_padding_mask=src_key_padding_mask)  # (B, S, d)
         self.__dict__["_last_call"] = "encode"
@@ -122,6 +126,10 @@ class Transformer(TiedStateDict, Module):
         tgt_key_padding_mask then covers every target key (B, cache.length + T).
         """
         check_token_input("tgt", tgt, self.tgt_vocab_size, self.max_len)
+        return self._decode(tgt, memory, memory_key_padding_mask, tgt_key_padding_mask, cache)
+
+    def _decode(self, tgt, memory, memory_key_padding_mask, tgt_key_padding_mask, cache):
+        """decode() once tgt is checked."""
         offset = 0 if check_cache(cache) is None else cache.length  # target tokens already cached
         check_cached_length("tgt", tgt, offset, self.max_len)
         check_tensor("memory", memory, ndim=3, dtype=self.dtype)
@@ -141,8 +149,9 @@ class Transformer(TiedStateDict, Module):
         check_token_input("src", src, self.src_vocab_size, self.max_len)
         check_token_input("tgt", tgt, self.tgt_vocab_size, self.max_len)
         check_size("tgt", tgt, 0, src.shape[0], "src's batch size")
-        memory = self.encode(src, src_key_padding_mask)  # (B, S, d)
-        logits = self.decode(tgt, memory, memory_key_padding_mask, tgt_key_padding_mask)  # (B, T, V)
+        # the ids are checked once, above: under torch.compile each check is a graph break
+        memory = self._encode(src, src_key_padding_mask)  # (B, S, d)
+        logits = self._decode(tgt, memory, memory_key_padding_mask, tgt_key_padding_mask, None)  # (B, T, V)
         self.__dict__["_last_call"] = "forward"
         return logits
 
