@@ -80,8 +80,9 @@ class Embedding(Module):
         dy_rows = dy.reshape(-1, self.embedding_dim)  # (rows, D)
         if self.scale:
             dy_rows = dy_rows * self.multiplier  # (rows, D)  ← from y = s · W[ids]
-        grad_weight = xp.zeros((self.num_embeddings, self.embedding_dim), dtype=dy.dtype)  # (V, D)
-        xp.add.at(grad_weight, ids.reshape(-1), dy_rows)  # (V, D)  ← from y = W[ids]: repeated ids add up
+        # repeated ids add up, summed in at least float32 (a half table would round at every repeat)
+        grad_weight = xp.zeros((self.num_embeddings, self.embedding_dim), dtype=xp.promote_types(dy.dtype, xp.float32))
+        xp.add.at(grad_weight, ids.reshape(-1), dy_rows.astype(grad_weight.dtype, copy=False))  # (V, D)  ← from y = W[ids]
         if self.padding_idx is not None:
             grad_weight[self.padding_idx] = 0  # (D,)  the padding row gets no gradient
         self.weight.accumulate_grad(grad_weight)
