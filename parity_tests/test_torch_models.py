@@ -194,6 +194,13 @@ def test_token_ids_are_read_once_per_step_and_again_after_a_write(backend):
     tgt.add_(-10)
     with pytest.raises(ValueError, match="tgt must lie in"):
         model.decode(tgt, model.encode(src[:1, :1] * 0))
+    compiled = torch.compile(model, backend="eager")  # the check runs eagerly beside the traced graph
+    src[1, 2], tgt = 0, tgt + 10
+    compiled(src, tgt)
+    assert host_syncs(count_ops(lambda: compiled(src, tgt))) == 0
+    src[0, 0] = -1
+    with pytest.raises(ValueError, match="src must lie in .* got id -1"):
+        compiled(src, tgt)
 
 
 # ---- the loss ----------------------------------------------------------------------------------------------

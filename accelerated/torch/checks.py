@@ -79,14 +79,13 @@ def check_token_ids(name: str, ids, vocab_size: int) -> torch.Tensor:
 _token_ranges: dict = {}  # id(ids) → (weak reference, ids._version, low, high)
 
 
+@torch.compiler.disable  # under torch.compile: a graph break, run eagerly (memo included)
 def token_range(ids: torch.Tensor) -> tuple:
     """(min, max) of a non-empty integer tensor: one device sync, then remembered while it is unchanged.
 
     A model checks its ids at the entry and its embedding checks them again; on a GPU each check
     is a host-device sync, so the range is kept until the tensor is freed or written in place.
     """
-    if torch.compiler.is_compiling():  # a graph break either way; the memo is for eager syncs
-        return tuple(torch.stack(torch.aminmax(ids)).tolist())
     key = id(ids)
     known = _token_ranges.get(key)
     if known is not None and known[0]() is ids and known[1] == ids._version:
