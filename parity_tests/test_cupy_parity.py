@@ -152,6 +152,26 @@ def test_emulated_cases_take_the_fused_kernels(case_name):
     assert not missing, f"{case_name}: kernels {missing} never launched (launched: {sorted(emulated_cupy.LAUNCHES)})"
 
 
+@pytest.mark.skipif(EMULATION_MISSING is not None, reason=f"CUDA kernels on the CPU emulator: {EMULATION_MISSING}")
+@pytest.mark.parametrize("call, stacked", [("self", 3), ("kv", 2), ("qkv", 0)])
+def test_emulated_attention_stacks_the_projections_of_a_shared_input(call, stacked):
+    """m(x) multiplies x by [W_q; W_k; W_v] once, m(q, memory) memory by [W_k; W_v]; separate key and
+    value arrays keep three products. Gradients: the parity cases above (self, cross, decoder layers)."""
+    import reference as R
+
+    rng = np.random.default_rng(0)
+    x, memory = rng.standard_normal((2, 3, 8)), rng.standard_normal((2, 5, 8))
+    with emulated_cupy.emulated_cupy() as rt:
+        module = copy.deepcopy(R.MultiHeadAttention(8, 2, seed=0, dtype=np.float32))
+        rt.deriver.adopt(module, np.dtype(np.float32))
+        args = {"self": (x,), "kv": (x, memory), "qkv": (x, memory, memory)}[call]
+        y = module(*[rt.asarray(a, dtype=np.float32) for a in args])
+        record = module.__dict__["_stacked"]
+        assert (0 if record is None else len(record[2])) == stacked
+        grads = _as_tuple(module.backward(rt.asarray(np.ones(tuple(y.shape)), dtype=np.float32)))
+        assert len(grads) == len(args) and all(tuple(g.shape) == a.shape for g, a in zip(grads, args))
+
+
 #: bfloat16 on the stand-in (ml_dtypes' bfloat16, the dtype CuPy uses): the cases that never feed one
 #: Linear's output into another layer. NumPy's matmul promotes ml_dtypes bfloat16 to float32 (CuPy's
 #: matmul keeps bfloat16), so there the next layer's dtype check refuses the float32 activations.

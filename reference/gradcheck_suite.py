@@ -79,6 +79,8 @@ def _cases():
     yield Case("MultiHeadAttention (self, causal, padding)", MultiHeadAttention(d, h, seed=0, dtype=F64), (seq,),
                {"is_causal": True, "key_padding_mask": pad})
     yield Case("MultiHeadAttention (cross)", MultiHeadAttention(d, h, seed=0, dtype=F64), (seq, mem, _x(B, S, d, seed=2)), {})
+    yield Case("MultiHeadAttention (cross, one memory for key and value)", MultiHeadAttention(d, h, seed=0, dtype=F64),
+               (seq, mem), {})
     yield Case("MultiHeadAttention (grouped kv, rotary)",
                MultiHeadAttention(d, 4, num_kv_heads=2, rotary=True, seed=0, dtype=F64), (seq,), {"is_causal": True})
     yield Case("MultiHeadAttention (sliding window)", MultiHeadAttention(d, h, window=2, seed=0, dtype=F64), (seq,),

@@ -35,11 +35,12 @@ class Linear(Module):
         if x.ndim == 0:
             raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
         check_size("x", x, -1, self.in_features, "in_features")
-        y = x @ self.weight.data.T  # (..., out)
+        x_rows = x.reshape(-1, self.in_features)  # (rows, in)  one matrix product for every leading position
+        y = x_rows @ self.weight.data.T  # (rows, out)
         if self.bias is not None:
-            y = y + self.bias.data  # (..., out)
+            y = y + self.bias.data  # (rows, out)
         self.save_for_backward(x=x)
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))  # (..., out)
 
     def backward(self, grad_output):
         x = self.saved()["x"]  # (..., in)
@@ -50,7 +51,7 @@ class Linear(Module):
         self.weight.accumulate_grad(dy_rows.T @ x_rows)  # (out, in)  ← from y = x Wᵀ
         if self.bias is not None:
             self.bias.accumulate_grad(xp.sum(dy_rows, axis=0))  # (out,)  ← from y = ... + b
-        return dy @ self.weight.data  # dx: (..., in)
+        return (dy_rows @ self.weight.data).reshape(x.shape)  # dx: (..., in)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

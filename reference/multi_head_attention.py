@@ -93,13 +93,15 @@ class MultiHeadAttention(Module):
         mask = self._combined_mask(attn_mask, key_padding_mask, B, L, S, is_causal, xp,
                                    offset=offset, cached=cache is not None)
 
-        q = self.q_proj(query).reshape(B, L, H, d).transpose(0, 2, 1, 3)  # (B, H, L, d)
         if cache is None:
-            k = self.k_proj(key).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
-            v = self.v_proj(value).reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
+            q, k, v = self._project(query, key, value, inputs)  # (B, L, D), (B, S, Hkv·d) ×2
+            q = q.reshape(B, L, H, d).transpose(0, 2, 1, 3)  # (B, H, L, d)
+            k = k.reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
+            v = v.reshape(B, S, Hkv, d).transpose(0, 2, 1, 3)  # (B, Hkv, S, d)
             if self.rotary is not None:
                 q, k = self.rotary(q, k)  # (B, H, L, d), (B, Hkv, S, d)  positions 0, 1, ...
         else:
+            q = self.q_proj(query).reshape(B, L, H, d).transpose(0, 2, 1, 3)  # (B, H, L, d)
             q, k, v = self._cached_projections(q, key, value, inputs, offset, cache)
         # with a cache the causal part is already in `mask` (its rows start at `offset`)
         o = self.attention(q, k, v, attn_mask=mask, is_causal=is_causal and cache is None,
@@ -111,6 +113,26 @@ class MultiHeadAttention(Module):
         if need_weights:
             return y, self.attention.attention_weights  # (B, L, D), (B, H, L, S)
         return y
+
+    def _project(self, query, key, value, inputs):
+        """Q = query W_qᵀ + b_q,  K = key W_kᵀ + b_k,  V = value W_vᵀ + b_v.
+
+        inputs says which arrays are one ("self": all three, "kv": key and value), so that an
+        accelerated backend may multiply a shared input by the stacked weights once.
+        """
+        return self.q_proj(query), self.k_proj(key), self.v_proj(value)  # (B, L, D), (B, S, Hkv·d) ×2
+
+    def _project_backward(self, dq, dk, dv, inputs):
+        """Gradients of the projections' inputs (and dW, db into each projection); one array that fed
+        several projections gets the sum of their gradients."""
+        d_value = self.v_proj.backward(dv)  # (B, S, D)  ← from V = value W_vᵀ + b_v
+        d_key = self.k_proj.backward(dk)  # (B, S, D)  ← from K = key W_kᵀ + b_k
+        d_query = self.q_proj.backward(dq)  # (B, L, D)  ← from Q = query W_qᵀ + b_q
+        if inputs == "self":  # x fed all three projections: its gradients add up
+            return d_query + d_key + d_value
+        if inputs == "kv":  # one array fed key and value
+            return d_query, d_key + d_value
+        return d_query, d_key, d_value
 
     def _cached_projections(self, q, key, value, inputs, offset, cache):
         """Keys and values through the cache: append the new ones (self) or reuse the memory's (cross).
@@ -163,15 +185,7 @@ class MultiHeadAttention(Module):
         dv = dv.transpose(0, 2, 1, 3).reshape(B, S, Hkv * d)  # (B, S, Hkv·d)  ← from the head split of V
         dk = dk.transpose(0, 2, 1, 3).reshape(B, S, Hkv * d)  # (B, S, Hkv·d)  ← from the head split of K
         dq = dq.transpose(0, 2, 1, 3).reshape(B, L, self.d_model)  # (B, L, D)  ← from the head split of Q
-        d_value = self.v_proj.backward(dv)  # (B, S, D)  ← from V = value W_vᵀ + b_v
-        d_key = self.k_proj.backward(dk)  # (B, S, D)  ← from K = key W_kᵀ + b_k
-        d_query = self.q_proj.backward(dq)  # (B, L, D)  ← from Q = query W_qᵀ + b_q
-
-        if saved["inputs"] == "self":  # x fed all three projections: its gradients add up
-            return d_query + d_key + d_value
-        if saved["inputs"] == "kv":  # one array fed key and value
-            return d_query, d_key + d_value
-        return d_query, d_key, d_value
+        return self._project_backward(dq, dk, dv, saved["inputs"])  # ← from Q, K, V = the projections
 
     # ---- inputs and masks ----------------------------------------------------------------
 

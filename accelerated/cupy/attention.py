@@ -126,7 +126,14 @@ class FlashScaledDotProductAttention:
 
 
 class FlashMultiHeadAttention:
-    """Mixin for MultiHeadAttention: need_weights=True keeps its attention on the reference path."""
+    """Mixin for MultiHeadAttention: need_weights=True keeps its attention on the reference path, and a
+    shared input is multiplied by the stacked projection weights once.
+
+    Stacked projections (CuPy arrays only): self-attention computes x [W_q; W_k; W_v]ᵀ + [b_q; b_k; b_v]
+    as one GEMM over every row, cross-attention m(q, memory) memory [W_k; W_v]ᵀ. The backward is one
+    GEMM for dx = dY [W_q; W_k; W_v], one for the stacked dW = dYᵀ x and one column sum for db,
+    whose row blocks go to each projection's parameters (the reference's math, fewer launches).
+    """
 
     def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
                 need_weights=False, is_causal=False, cache=None):
@@ -136,3 +143,38 @@ class FlashMultiHeadAttention:
                                    need_weights=need_weights, is_causal=is_causal, cache=cache)
         finally:
             self.attention.fused_allowed = True
+
+    def _project(self, query, key, value, inputs):
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        shared = {"self": projections, "kv": projections[1:]}.get(inputs, ())
+        xp = self.xp
+        self.__dict__["_stacked"] = None
+        if len(shared) < 2 or xp.__name__ != "cupy" or not isinstance(key, xp.ndarray):
+            return super()._project(query, key, value, inputs)
+        weight = xp.concatenate([p.weight.data for p in shared])  # (Σ out, D)  [W_k; W_v] or [W_q; W_k; W_v]
+        x_rows = key.reshape(-1, self.d_model)  # (rows, D)
+        y = x_rows @ weight.T  # (rows, Σ out)
+        if shared[0].bias is not None:
+            y += xp.concatenate([p.bias.data for p in shared])  # (Σ out,)
+        y = y.reshape(key.shape[:-1] + (weight.shape[0],))  # (B, S, Σ out)
+        bounds = np.cumsum([0] + [p.out_features for p in shared])
+        parts = tuple(y[..., a:b] for a, b in zip(bounds[:-1], bounds[1:]))  # views: (B, S, out) each
+        self.__dict__["_stacked"] = (x_rows, weight, shared, bounds, key.shape)
+        return parts if inputs == "self" else (self.q_proj(query), *parts)
+
+    def _project_backward(self, dq, dk, dv, inputs):
+        stacked = self.__dict__.get("_stacked")
+        if stacked is None:
+            return super()._project_backward(dq, dk, dv, inputs)
+        x_rows, weight, shared, bounds, shape = stacked
+        xp = self.xp
+        grads = (dq, dk, dv) if inputs == "self" else (dk, dv)
+        d_rows = xp.concatenate([g.reshape(-1, g.shape[-1]) for g in grads], axis=1)  # (rows, Σ out)
+        d_weight = d_rows.T @ x_rows  # (Σ out, D)  ← from Y = x Wᵀ
+        d_bias = d_rows.sum(axis=0) if shared[0].bias is not None else None  # (Σ out,)  ← from Y = ... + b
+        for projection, a, b in zip(shared, bounds[:-1], bounds[1:]):
+            projection.weight.accumulate_grad(d_weight[a:b])
+            if d_bias is not None:
+                projection.bias.accumulate_grad(d_bias[a:b])
+        dx = (d_rows @ weight).reshape(shape)  # (B, S, D)  ← from Y = x Wᵀ: the three uses of x add up
+        return dx if inputs == "self" else (self.q_proj.backward(dq), dx)
