@@ -135,7 +135,10 @@ FUSED_CASES = {
     "scaled_dot_product_attention (causal)": ("flash_fwd", "flash_bwd_preprocess", "flash_bwd"),
     "scaled_dot_product_attention (grouped kv)": ("flash_fwd", "flash_bwd_preprocess", "flash_bwd"),
     "MultiHeadAttention (self, causal, padding)": ("flash_fwd", "flash_bwd"),
-    "EncoderLayer (pre-norm, rmsnorm)": ("flash_fwd", "flash_bwd", "norm_forward", "norm_backward_input"),
+    "EncoderLayer (pre-norm, rmsnorm)": ("flash_fwd", "flash_bwd", "norm_forward", "norm_backward_input",
+                                         "bias_activation_forward", "bias_activation_backward"),
+    **{f"FeedForward ({activation})": ("bias_activation_forward", "bias_activation_backward")
+       for activation in ("relu", "gelu", "gelu_tanh", "silu")},
 }
 
 

@@ -34,6 +34,7 @@ from reference.checks import check_array
 from reference.module import Module, Parameter
 
 from .attention import FlashMultiHeadAttention, FlashScaledDotProductAttention
+from .feed_forward import FusedFeedForward
 from .layer_norm import FusedNorm
 from .loss import FusedCrossEntropyLoss
 from .optim import FusedAdamW
@@ -46,6 +47,7 @@ OVERRIDES = {
     "AdamW": FusedAdamW,
     "ScaledDotProductAttention": FlashScaledDotProductAttention,
     "MultiHeadAttention": FlashMultiHeadAttention,
+    "FeedForward": FusedFeedForward,
 }
 
 MASK_BUILDERS = ("causal_mask", "padding_mask", "sliding_window_mask", "block_local_mask")

@@ -149,7 +149,8 @@ def bias_activation_backward(dy, x, bias, activation: str):
     x2, dy2 = _rows(x), _rows(dy)
     dx = cupy.empty_like(x2)
     _elementwise("bias_activation_backward", x2, (dy2, x2, bias, dx), activation)
-    dbias = dx.astype(cupy.float32).sum(axis=0).astype(bias.dtype)
+    dx32 = dx if dx.dtype == cupy.float32 else dx.astype(cupy.float32)  # half: summed in fp32; fp32: no copy
+    dbias = dx32.sum(axis=0).astype(bias.dtype, copy=False)
     return dx.reshape(x.shape), dbias
 
 
