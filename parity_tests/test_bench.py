@@ -120,3 +120,21 @@ def test_dispatch_cli_writes_json_and_png(tmp_path):
     assert document["suite"] == "dispatch" and len(document["results"]) == 4
     assert all(r["kernels"] > 0 and r["median_ms"] > 0 for r in document["results"])
     assert (tmp_path / "dispatch.png").stat().st_size > 0
+
+
+def test_training_cpu_smoke_rows_and_ratios(tmp_path):
+    """--compiled no: the eager rows only, each torch row's ratio against the eager baseline of its precision."""
+    pytest.importorskip("torch")
+    from accelerated.bench import training
+
+    assert bench_main(["training", "--config", "cpu", "--compiled", "no", "--warmup", "0", "--reps", "1",
+                       "--out", str(tmp_path)]) == 0
+    document = common.validate(json.loads((tmp_path / "training_cpu_eager.json").read_text()))
+    rows = {(r["backend"], r["precision"], r["compiled"]): r for r in document["results"]}
+    assert set(rows) == set(training.ROW_SETS["no"])
+    for (backend, precision, _), row in rows.items():
+        if backend == "accelerated.cupy":
+            continue  # skipped without CuPy, with the reason
+        base = rows["torch.nn.Transformer", precision, False]
+        assert row["ratio_to_baseline"] == pytest.approx(base["median_ms"] / row["median_ms"])
+    assert all(compiled for *_, compiled in training.ROW_SETS["yes"]) and len(training.ROW_SETS["yes"]) == 4

@@ -34,6 +34,8 @@ def build_parser(parser=None):
     tr.add_argument("--config", default="base", choices=("base", "cpu"))
     tr.add_argument("--warmup", type=int, default=5)
     tr.add_argument("--reps", type=int, default=20)
+    tr.add_argument("--compiled", default="both", choices=("both", "no", "yes"),
+                    help="rows with torch.compile, without, or both (default; writes training_<config>[_eager|_compiled])")
     cpu = sub.add_parser("cpu", help="NumPy reference vs accelerated.torch training step on the CPU")
     cpu.add_argument("--preset", default="small", help="training preset of reference/train.py (default small)")
     cpu.add_argument("--batch-size", type=int, help="override the preset's batch size")
@@ -62,7 +64,7 @@ def run(args) -> int:
         from . import training as suite
 
         try:
-            document = suite.run(args.config, args.warmup, args.reps)
+            document = suite.run(args.config, args.warmup, args.reps, suite.ROW_SETS[args.compiled])
         except RuntimeError as error:
             print(f"bench training: {error}", file=sys.stderr)
             return 2
@@ -79,7 +81,9 @@ def run(args) -> int:
     document["command"] = "python -m accelerated.bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else document["command"]
     print(suite.report(document))
     out.mkdir(parents=True, exist_ok=True)
-    name = args.suite if args.suite != "training" else f"training_{args.config}"
+    name = args.suite
+    if args.suite == "training":
+        name = f"training_{args.config}" + {"both": "", "no": "_eager", "yes": "_compiled"}[args.compiled]
     png = out / f"{name}.png"
     if args.suite == "attention":
         drawn = plots.attention_plot(document, png)

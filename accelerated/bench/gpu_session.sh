@@ -4,12 +4,13 @@
 #   bash accelerated/bench/gpu_session.sh check       # the GPU parity tests (CuPy kernels, torch on CUDA)
 #   bash accelerated/bench/gpu_session.sh attention        # fused kernel vs SDPA vs plain, N <= 4096
 #   bash accelerated/bench/gpu_session.sh attention-long   # N 8192 and 16384: speed and peak memory
-#   bash accelerated/bench/gpu_session.sh training    # base-config training steps, MFU
+#   bash accelerated/bench/gpu_session.sh training    # base-config training steps, eager (+ CuPy), MFU
+#   bash accelerated/bench/gpu_session.sh training-compiled  # the same with torch.compile, both sides
 #
 # Results go to $OUT (the device tool's folder that comes back) or ./gpu_results; commit the
 # benchmark JSON and PNG under docs/benchmarks/. Run from the repository root.
 set -uo pipefail
-phase=${1:?"phase: check, attention, attention-long or training"}
+phase=${1:?"phase: check, attention, attention-long, training or training-compiled"}
 out=${OUT:-gpu_results}
 mkdir -p "$out"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
@@ -38,11 +39,14 @@ case "$phase" in
     timeout 580 python -m accelerated.bench attention --seq-lens 8192,16384 --dtypes float16 \
       --warmup 1 --reps 3 --out "$out/attention_long" 2>&1 | tee "$out/attention_long.txt"
     ;;
-  training)
-    timeout 580 python -m accelerated.bench training --out "$out" 2>&1 | tee "$out/training.txt"
+  training)  # eager rows and CuPy: ratios against eager torch.nn.Transformer
+    timeout 580 python -m accelerated.bench training --compiled no --out "$out" 2>&1 | tee "$out/training.txt"
+    ;;
+  training-compiled)  # torch.compile on both sides (four compilations of the base model)
+    timeout 580 python -m accelerated.bench training --compiled yes --out "$out" 2>&1 | tee "$out/training_compiled.txt"
     ;;
   *)
-    echo "unknown phase $phase (check, attention, attention-long, training)" >&2
+    echo "unknown phase $phase (check, attention, attention-long, training, training-compiled)" >&2
     exit 2
     ;;
 esac

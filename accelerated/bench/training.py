@@ -5,7 +5,8 @@ Configs: ``base`` is the paper's base model (d_model 512, 8 heads, d_ff 2048, 6+
 shared 37000-token vocabulary) at batch 32, source and target length 256; ``cpu`` is the small
 training preset (runs without a GPU; no MFU). Rows: accelerated.torch in fp32 (TF32 matmuls) and
 bf16 autocast, each with and without torch.compile; accelerated.cupy (float32); the baseline in
-fp32 and bf16. ratio = baseline ms / row ms at the same precision (> 1: faster than the baseline).
+fp32 and bf16, eager and compiled. ratio = baseline ms / row ms at the same precision, compiled rows
+against the compiled baseline (> 1: faster than the baseline).
 MFU = model FLOPs per step (common.transformer_step_flops: 6·(P_enc·B·S + P_dec·B·T) plus
 12·B·d·(L_enc·S² + L_dec·(T² + T·S))) / time / dense peak (H100/H200: bf16 989, tf32 494 TFLOP/s).
 """
@@ -23,9 +24,12 @@ CONFIGS = {
             "vocab_size": 13, "batch_size": 64, "seq_len": 15},
 }
 ROWS = (("accelerated.torch", "fp32", False), ("accelerated.torch", "bf16", False),
-        ("accelerated.torch", "fp32", True), ("accelerated.torch", "bf16", True),
         ("accelerated.cupy", "fp32", False),
-        ("torch.nn.Transformer", "fp32", False), ("torch.nn.Transformer", "bf16", False))
+        ("torch.nn.Transformer", "fp32", False), ("torch.nn.Transformer", "bf16", False),
+        ("accelerated.torch", "fp32", True), ("accelerated.torch", "bf16", True),
+        ("torch.nn.Transformer", "fp32", True), ("torch.nn.Transformer", "bf16", True))
+#: --compiled: which rows run (compiling the base model four times may not fit one 10-minute call)
+ROW_SETS = {"both": ROWS, "no": tuple(r for r in ROWS if not r[2]), "yes": tuple(r for r in ROWS if r[2])}
 
 
 class BaselineTransformer:
@@ -179,16 +183,16 @@ def run(config: str = "base", warmup: int = 5, reps: int = 20, rows=ROWS) -> dic
                    achieved_tflops=flops["total"] / timing["median_ms"] * 1e-9,
                    peak_tflops=peak, mfu=None if peak is None else flops["total"] / timing["median_ms"] * 1e-9 / peak)
         results.append(row)
-    for row in results:
-        base = next((r for r in results if r["backend"] == "torch.nn.Transformer"
-                     and r["precision"] == row["precision"] and r.get("median_ms")), None)
+    for row in results:  # compiled rows against the compiled baseline, eager against eager
+        base = next((r for r in results if r["backend"] == "torch.nn.Transformer" and r.get("median_ms")
+                     and (r["precision"], r["compiled"]) == (row["precision"], row["compiled"])), None)
         row["ratio_to_baseline"] = base["median_ms"] / row["median_ms"] if base and row.get("median_ms") else None
     return common.record(
         "training", f"python -m accelerated.bench training --config {config}", "gpu" if device == "cuda" else "cpu",
         {"config": config, **cfg, "warmup": warmup, "reps": reps, "model_flops": flops,
          "mfu_formula": "MFU = (6·(P_enc·B·S + P_dec·B·T) + 12·B·d·(L_enc·S² + L_dec·(T²+T·S))) / step time / peak",
          "fp32": "TF32 matmuls enabled for torch and CuPy (peak 494 TFLOP/s on H100)",
-         "ratio": "baseline ms / row ms at the same precision"},
+         "ratio": "baseline ms / row ms at the same precision, compiled against compiled"},
         results)
 
 
