@@ -203,6 +203,20 @@ def test_token_ids_are_read_once_per_step_and_again_after_a_write(backend):
         compiled(src, tgt)
 
 
+@pytest.mark.parametrize("backend", backend_params("torch"))
+def test_numpy_bools_are_flags_on_every_backend(backend):
+    """np.True_ is a bool flag to the reference, so to torch too (NumPy 2 renamed its type to numpy.bool)."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 8))
+    outputs = []
+    for ns, array in ((R, x), (backend.rt, native(backend, x, "float64"))):
+        module = ns.MultiHeadAttention(8, 2, bias=np.True_, rotary=np.True_, seed=0, dtype=F64 if ns is R else
+                                       torch.float64)
+        module = module if ns is R else module.to(backend.device)
+        outputs.append(module(array, is_causal=np.True_, need_weights=np.False_))
+    assert_close(backend.rt.to_numpy(outputs[1]), outputs[0], "float64", "MultiHeadAttention with NumPy bools",
+                 FORWARD_TOL)
+
+
 # ---- the loss ----------------------------------------------------------------------------------------------
 
 

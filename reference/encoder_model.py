@@ -16,6 +16,17 @@ from .transformer import check_padding_mask, check_token_input
 EMBEDDING_STD = 0.02
 
 
+def check_encoder_model_sizes(vocab_size, d_model, max_len, num_token_types) -> tuple:
+    """EncoderModel's size arguments, checked (every backend's EncoderModel calls this).
+
+    vocab_size, d_model and max_len are positive ints, num_token_types an int >= 0 (0: no token
+    types); returns them in that order.
+    """
+    return (check_positive_int("vocab_size", vocab_size), check_positive_int("d_model", d_model),
+            check_positive_int("max_len", max_len),
+            check_positive_int("num_token_types", num_token_types, minimum=0))
+
+
 class EncoderModel(Module):
     r"""Bidirectional encoder with BERT's input embeddings and a masked-language-model head.
 
@@ -55,10 +66,8 @@ class EncoderModel(Module):
         dtype=None,
     ):
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.d_model = check_positive_int("d_model", d_model)
-        self.max_len = check_positive_int("max_len", max_len)
-        self.num_token_types = check_positive_int("num_token_types", num_token_types, minimum=0)
+        (self.vocab_size, self.d_model, self.max_len,
+         self.num_token_types) = check_encoder_model_sizes(vocab_size, d_model, max_len, num_token_types)
         self.dtype = resolve_dtype(dtype)
         self.embedding = Embedding(vocab_size, d_model, seed=child_seed(seed, "embedding"), dtype=self.dtype)
         self.embedding.rescale_initial_weights(EMBEDDING_STD, child_seed(seed, "embedding"))  # N(0, 0.02²)

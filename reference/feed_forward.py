@@ -13,6 +13,19 @@ from .module import Module, child_seed
 GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
 
 
+def check_feed_forward_config(d_model, d_ff, dropout, activation) -> tuple:
+    """FeedForward's constructor arguments, checked (every backend's FeedForward calls this).
+
+    d_model and d_ff are positive ints, dropout a probability in [0, 1), activation the name of
+    a plain activation (ACTIVATIONS) or a gated one (GATED_ACTIVATIONS); returns (d_model, d_ff, activation).
+    """
+    sizes = (check_positive_int("d_model", d_model), check_positive_int("d_ff", d_ff))
+    check_probability("dropout", dropout)
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a str, got {describe(activation)}")
+    return (*sizes, check_choice("activation", activation, set(ACTIVATIONS) | set(GATED_ACTIVATIONS)))
+
+
 class FeedForward(Module):
     r"""Position-wise feed-forward network, applied to every position independently.
 
@@ -42,12 +55,7 @@ class FeedForward(Module):
         dtype=None,
     ):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.d_ff = check_positive_int("d_ff", d_ff)
-        check_probability("dropout", dropout)
-        if not isinstance(activation, str):
-            raise TypeError(f"activation must be a str, got {describe(activation)}")
-        self.activation_name = check_choice("activation", activation, set(ACTIVATIONS) | set(GATED_ACTIVATIONS))
+        self.d_model, self.d_ff, self.activation_name = check_feed_forward_config(d_model, d_ff, dropout, activation)
         self.gated = activation in GATED_ACTIVATIONS
         self.dtype = resolve_dtype(dtype)
         self.linear1 = Linear(d_model, d_ff, bias, seed=child_seed(seed, "linear1"), dtype=self.dtype)  # W₁ (gate)

@@ -14,6 +14,24 @@ from .transformer import check_cached_length, check_flag, check_padding_mask, ch
 EMBEDDING_STD = 0.02
 
 
+def check_language_model_sizes(vocab_size, d_model, max_len, tie_embeddings) -> tuple:
+    """DecoderLM's size arguments and tie flag, checked (every backend's DecoderLM calls this).
+
+    vocab_size, d_model and max_len are positive ints, tie_embeddings a bool; returns them in that order.
+    """
+    return (check_positive_int("vocab_size", vocab_size), check_positive_int("d_model", d_model),
+            check_positive_int("max_len", max_len), check_flag("tie_embeddings", tie_embeddings))
+
+
+def check_max_len_fits_rotary(max_len: int, rotary_max_len) -> None:
+    """The model's max_len must fit in the attention's rotary table of rotary_max_len positions (None: no rotary)."""
+    if rotary_max_len is not None and max_len > rotary_max_len:
+        raise ValueError(
+            f"max_len must be at most {rotary_max_len} (the attention's rotary table) when rotary=True, "
+            f"got {max_len}"
+        )
+
+
 class DecoderLM(Module):
     r"""A stack of causal self-attention layers that predicts the next token at every position.
 
@@ -59,10 +77,8 @@ class DecoderLM(Module):
         dtype=None,
     ):
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.d_model = check_positive_int("d_model", d_model)
-        self.max_len = check_positive_int("max_len", max_len)
-        self.tie_embeddings = check_flag("tie_embeddings", tie_embeddings)
+        (self.vocab_size, self.d_model, self.max_len,
+         self.tie_embeddings) = check_language_model_sizes(vocab_size, d_model, max_len, tie_embeddings)
         self.dtype = resolve_dtype(dtype)
         self.decoder = Encoder(
             d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first, layer_norm_eps, bias,
@@ -70,11 +86,7 @@ class DecoderLM(Module):
             positional=positional, scale_embedding=False, seed=child_seed(seed, "decoder"), dtype=self.dtype,
         )
         rotary_table = self.decoder.layers[0].self_attn.rotary
-        if rotary_table is not None and max_len > rotary_table.max_len:
-            raise ValueError(
-                f"max_len must be at most {rotary_table.max_len} (the attention's rotary table) when rotary=True, "
-                f"got {max_len}"
-            )
+        check_max_len_fits_rotary(max_len, None if rotary_table is None else rotary_table.max_len)
         self.lm_head = Linear(d_model, vocab_size, False, seed=child_seed(seed, "lm_head"), dtype=self.dtype)
         self.decoder.embedding.rescale_initial_weights(  # (V, d)  N(0, 1) → N(0, 0.02²)
             EMBEDDING_STD, child_seed(child_seed(seed, "decoder"), "embedding"))

@@ -14,6 +14,29 @@ from .module import Module, child_seed
 from .rotary import RotaryEmbedding
 
 
+def check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size, bias, rotary) -> tuple:
+    """MultiHeadAttention's constructor arguments, checked (every backend's MultiHeadAttention calls this).
+
+    d_model must split evenly into num_heads heads, and num_heads into num_kv_heads groups
+    (None: as many kv heads as heads); dropout is a probability in [0, 1); window and
+    block_size are None or positive ints; bias and rotary are bools.
+    Returns (d_model, num_heads, num_kv_heads, head_dim, dropout, window, block_size).
+    """
+    sizes = (check_positive_int("d_model", d_model), check_positive_int("num_heads", num_heads))
+    check_divisible("d_model", d_model, "num_heads", num_heads)
+    num_kv_heads = num_heads if num_kv_heads is None else check_positive_int("num_kv_heads", num_kv_heads)
+    check_divisible("num_heads", num_heads, "num_kv_heads", num_kv_heads)
+    head_dim = d_model // num_heads
+    dropout = check_probability("dropout", dropout)
+    window = None if window is None else check_positive_int("window", window)
+    block_size = None if block_size is None else check_positive_int("block_size", block_size)
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"bias must be a bool, got {describe(bias)}")
+    if not isinstance(rotary, (bool, np.bool_)):
+        raise TypeError(f"rotary must be a bool, got {describe(rotary)}")
+    return (*sizes, num_kv_heads, head_dim, dropout, window, block_size)
+
+
 class MultiHeadAttention(Module):
     r"""Project to heads, attend in each head, concatenate, project back.
 
@@ -51,19 +74,9 @@ class MultiHeadAttention(Module):
                  rope_base: float = 10000.0, window: int | None = None, block_size: int | None = None,
                  *, seed=None, dtype=None):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.num_heads = check_positive_int("num_heads", num_heads)
-        check_divisible("d_model", d_model, "num_heads", num_heads)
-        self.num_kv_heads = num_heads if num_kv_heads is None else check_positive_int("num_kv_heads", num_kv_heads)
-        check_divisible("num_heads", num_heads, "num_kv_heads", self.num_kv_heads)
-        self.head_dim = d_model // num_heads
-        self.dropout = check_probability("dropout", dropout)
-        self.window = None if window is None else check_positive_int("window", window)
-        self.block_size = None if block_size is None else check_positive_int("block_size", block_size)
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {describe(bias)}")
-        if not isinstance(rotary, (bool, np.bool_)):
-            raise TypeError(f"rotary must be a bool, got {describe(rotary)}")
+        (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.dropout, self.window,
+         self.block_size) = check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size,
+                                                   bias, rotary)
         self.dtype = resolve_dtype(dtype)
         kv_dim = self.num_kv_heads * self.head_dim
         self.q_proj = Linear(d_model, d_model, bias, seed=child_seed(seed, "q_proj"), dtype=self.dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import torch
 
 from reference.arrays import _is_cupy_array
@@ -98,7 +99,7 @@ def token_range(ids: torch.Tensor) -> tuple:
 
 def check_flag(name: str, value) -> bool:
     """A bool flag (Python or NumPy bool)."""
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {describe(value)}")
     return bool(value)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from reference.encoder_model import EMBEDDING_STD
+from reference.encoder_model import EMBEDDING_STD, check_encoder_model_sizes
 
 from .arrays import resolve_dtype
-from .checks import check_positive_int, check_tensor, check_token_ids, describe
+from .checks import check_tensor, check_token_ids, describe
 from .embedding import Embedding
 from .encoder import Encoder
 from .layer_norm import LayerNorm
@@ -43,10 +43,8 @@ class EncoderModel(Module):
         dtype=None,
     ):
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.d_model = check_positive_int("d_model", d_model)
-        self.max_len = check_positive_int("max_len", max_len)
-        self.num_token_types = check_positive_int("num_token_types", num_token_types, minimum=0)
+        (self.vocab_size, self.d_model, self.max_len,
+         self.num_token_types) = check_encoder_model_sizes(vocab_size, d_model, max_len, num_token_types)
         self._dtype = resolve_dtype(dtype)
         self.embedding = Embedding(vocab_size, d_model, seed=child_seed(seed, "embedding"), dtype=self._dtype)
         self.embedding.rescale_initial_weights(EMBEDDING_STD, child_seed(seed, "embedding"))  # N(0, 1) → N(0, 0.02²)

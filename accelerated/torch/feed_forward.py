@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from reference.feed_forward import GATED_ACTIVATIONS
+from reference.feed_forward import GATED_ACTIVATIONS, check_feed_forward_config
 
 from .activations import ACTIVATIONS
 from .arrays import resolve_dtype
-from .checks import (
-    check_choice,
-    check_positive_int,
-    check_probability,
-    check_size,
-    check_tensor,
-    describe,
-)
+from .checks import check_size, check_tensor
 from .dropout import Dropout
 from .linear import Linear
 from .module import Module, child_seed
@@ -29,12 +22,7 @@ class FeedForward(Module):
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu", bias: bool = True,
                  *, seed=None, dtype=None):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.d_ff = check_positive_int("d_ff", d_ff)
-        check_probability("dropout", dropout)
-        if not isinstance(activation, str):
-            raise TypeError(f"activation must be a str, got {describe(activation)}")
-        self.activation_name = check_choice("activation", activation, set(ACTIVATIONS) | set(GATED_ACTIVATIONS))
+        self.d_model, self.d_ff, self.activation_name = check_feed_forward_config(d_model, d_ff, dropout, activation)
         self.gated = activation in GATED_ACTIVATIONS
         self._dtype = resolve_dtype(dtype)
         self.linear1 = Linear(d_model, d_ff, bias, seed=child_seed(seed, "linear1"), dtype=self._dtype)  # W₁ (gate)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from reference.language_model import EMBEDDING_STD
-from reference.transformer import check_cached_length, check_flag
+from reference.language_model import (
+    EMBEDDING_STD,
+    check_language_model_sizes,
+    check_max_len_fits_rotary,
+)
+from reference.transformer import check_cached_length
 
 from .arrays import resolve_dtype
-from .checks import check_positive_int
 from .encoder import Encoder
 from .kv_cache import check_cache
 from .linear import Linear
@@ -52,10 +55,8 @@ class DecoderLM(TiedStateDict, Module):
         dtype=None,
     ):
         super().__init__()
-        self.vocab_size = check_positive_int("vocab_size", vocab_size)
-        self.d_model = check_positive_int("d_model", d_model)
-        self.max_len = check_positive_int("max_len", max_len)
-        self.tie_embeddings = check_flag("tie_embeddings", tie_embeddings)
+        (self.vocab_size, self.d_model, self.max_len,
+         self.tie_embeddings) = check_language_model_sizes(vocab_size, d_model, max_len, tie_embeddings)
         self._dtype = resolve_dtype(dtype)
         decoder_seed = child_seed(seed, "decoder")
         self.decoder = Encoder(
@@ -64,11 +65,7 @@ class DecoderLM(TiedStateDict, Module):
             positional=positional, scale_embedding=False, seed=decoder_seed, dtype=self._dtype,
         )
         rotary_table = self.decoder.layers[0].self_attn.rotary
-        if rotary_table is not None and max_len > rotary_table.max_len:
-            raise ValueError(
-                f"max_len must be at most {rotary_table.max_len} (the attention's rotary table) when rotary=True, "
-                f"got {max_len}"
-            )
+        check_max_len_fits_rotary(max_len, None if rotary_table is None else rotary_table.max_len)
         self.lm_head = Linear(d_model, vocab_size, False, seed=child_seed(seed, "lm_head"), dtype=self._dtype)
         # N(0, 1) → N(0, 0.02²); the stack seeds its table with child_seed(stack seed, "embedding")
         self.decoder.embedding.rescale_initial_weights(EMBEDDING_STD, child_seed(decoder_seed, "embedding"))

@@ -5,17 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from reference.multi_head_attention import check_attention_config
+
 from .arrays import resolve_dtype
 from .attention import ScaledDotProductAttention
-from .checks import (
-    check_divisible,
-    check_flag,
-    check_positive_int,
-    check_probability,
-    check_size,
-    check_tensor,
-    describe,
-)
+from .checks import check_flag, check_size, check_tensor, describe
 from .kv_cache import check_cache
 from .linear import Linear
 from .masks import allowed_block_local, allowed_causal, allowed_sliding_window
@@ -45,17 +39,9 @@ class MultiHeadAttention(Module):
                  rope_base: float = 10000.0, window: int | None = None, block_size: int | None = None,
                  *, seed=None, dtype=None):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.num_heads = check_positive_int("num_heads", num_heads)
-        check_divisible("d_model", d_model, "num_heads", num_heads)
-        self.num_kv_heads = num_heads if num_kv_heads is None else check_positive_int("num_kv_heads", num_kv_heads)
-        check_divisible("num_heads", num_heads, "num_kv_heads", self.num_kv_heads)
-        self.head_dim = d_model // num_heads
-        self.dropout = check_probability("dropout", dropout)
-        self.window = None if window is None else check_positive_int("window", window)
-        self.block_size = None if block_size is None else check_positive_int("block_size", block_size)
-        check_flag("bias", bias)
-        check_flag("rotary", rotary)
+        (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.dropout, self.window,
+         self.block_size) = check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size,
+                                                   bias, rotary)
         self._dtype = resolve_dtype(dtype)
         kv_dim = self.num_kv_heads * self.head_dim
         self.q_proj = Linear(d_model, d_model, bias, seed=child_seed(seed, "q_proj"), dtype=self._dtype)
