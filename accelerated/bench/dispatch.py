@@ -86,17 +86,10 @@ def graph_breaks(backend: str, cfg: dict) -> dict:
 def _model_and_batch(backend, cfg):
     import torch
 
-    step_model = training.BaselineTransformer(cfg, "cpu") if backend == "torch.nn.Transformer" else None
-    if step_model is None:
-        import accelerated.torch as rt
-
-        step_model = rt.Transformer(cfg["vocab_size"], cfg["vocab_size"], cfg["d_model"], cfg["num_heads"],
-                                    cfg["d_ff"], cfg["num_encoder_layers"], cfg["num_decoder_layers"], dropout=0.0,
-                                    max_len=512, seed=0)
     gen = torch.Generator().manual_seed(0)
     src, tgt = (torch.randint(0, cfg["vocab_size"], (cfg["batch_size"], cfg["seq_len"]), generator=gen)
                 for _ in range(2))
-    return step_model, src, tgt
+    return training.torch_model(backend, cfg, "cpu"), src, tgt
 
 
 def run(warmup: int = 3, reps: int = 30, compile_check: bool = True, cfg: dict = CONFIG) -> dict:

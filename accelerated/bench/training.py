@@ -66,23 +66,30 @@ class BaselineTransformer:
         return Model().to(device)
 
 
+def torch_model(backend: str, cfg: dict, device: str):
+    """The model a torch row trains: the baseline, or accelerated.torch's Transformer (no dropout)."""
+    if backend == "torch.nn.Transformer":
+        return BaselineTransformer(cfg, device)
+    import accelerated.torch as rt
+
+    V = cfg["vocab_size"]
+    return rt.Transformer(V, V, cfg["d_model"], cfg["num_heads"], cfg["d_ff"], cfg["num_encoder_layers"],
+                          cfg["num_decoder_layers"], dropout=0.0, max_len=max(512, cfg["seq_len"]), seed=0).to(device)
+
+
 def _torch_step(backend, precision, compiled, cfg, device):
     import torch
 
     gen = torch.Generator().manual_seed(0)
     B, N, V = cfg["batch_size"], cfg["seq_len"], cfg["vocab_size"]
     src, tgt_in, tgt_out = (torch.randint(0, V, (B, N), generator=gen).to(device) for _ in range(3))
+    model = call = torch_model(backend, cfg, device)
     if backend == "torch.nn.Transformer":
-        model = BaselineTransformer(cfg, device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as rt.AdamW (CPU and CUDA)
-        call = model
     else:
         import accelerated.torch as rt
 
-        model = rt.Transformer(V, V, cfg["d_model"], cfg["num_heads"], cfg["d_ff"], cfg["num_encoder_layers"],
-                               cfg["num_decoder_layers"], dropout=0.0, max_len=max(512, N), seed=0).to(device)
         optimizer = rt.AdamW(model.parameters(), lr=1e-4)
-        call = model
     if compiled:
         call = torch.compile(model)
     model.train()
