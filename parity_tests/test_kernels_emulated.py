@@ -440,31 +440,43 @@ def test_bias_activation_kernels(modules, etype, activation):
 
 @pytest.mark.parametrize("etype", ETYPES)
 def test_adamw_kernel(modules, etype):
+    """Moments and master weights in fp32; a master entry that no longer rounds to its parameter
+    (the parameter was written since) gives way to the parameter."""
     sizes, steps, chunk_size = (300, 70), (3, 1), 128
     lr, (beta1, beta2), eps, weight_decay = 0.01, (0.9, 0.999), 1e-8, 0.1
     rng = np.random.default_rng(11)
-    tensors = []  # per parameter: (stored p, g, m, v) and their float64 values
+    tensors = []  # per parameter: stored p, g (T) and m, v, master (fp32), and the float64 θ the update starts from
     for size in sizes:
         p, g = quantize(rng.standard_normal(size), etype), quantize(rng.standard_normal(size), etype)
-        m, v = quantize(0.1 * rng.standard_normal(size), etype), quantize(rng.random(size), etype)
-        tensors.append((p, g, m, v))
-    pointers = [np.array([t[i][0].ctypes.data for t in tensors], dtype=np.uint64) for i in range(4)]
+        m = (0.1 * rng.standard_normal(size)).astype(np.float32)
+        v = rng.random(size).astype(np.float32) * 1e-6  # small: fp16 would flush (1 − β₂)·these to zero
+        if etype == "float32":
+            master, theta = p[0], p[1]  # the parameter is its own master
+        else:
+            master = (p[1] + rng.uniform(-0.4, 0.4, size) * np.abs(p[1]) * 2.0**-11).astype(np.float32)
+            stale = np.arange(size) % 5 == 0  # written since: the master no longer rounds to the parameter
+            master[stale] = master[stale] + 1.0
+            theta = np.where(stale, p[1], master.astype(np.float64))
+        tensors.append((p, g, m, v, master, theta))
+    arrays = lambda i: [t[i][0] if isinstance(t[i], tuple) else t[i] for t in tensors]  # noqa: E731
+    pointers = [np.array([a.ctypes.data for a in arrays(i)], dtype=np.uint64) for i in (0, 4, 1, 2, 3)]
     chunks = [(i, start) for i, size in enumerate(sizes) for start in range(0, size, chunk_size)]
     step_size = np.array([lr / (1 - beta1**t) for t in steps], dtype=np.float32)
     bias2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in steps], dtype=np.float32)
+    before = [(m.astype(np.float64), v.astype(np.float64)) for _, _, m, v, _, _ in tensors]
     modules["adamw.cu"].get_function(f"adamw_step_{fk.SUFFIX[etype]}")(
         (len(chunks),), (fk.THREADS,),
         (*pointers, np.array([c[0] for c in chunks], dtype=np.int32), np.array([c[1] for c in chunks], dtype=np.int64),
          np.array(sizes, dtype=np.int64), step_size, bias2_sqrt, np.int32(chunk_size), np.float32(lr),
          np.float32(beta1), np.float32(beta2), np.float32(eps), np.float32(weight_decay)))
-    for (p, g, m, v), t in zip(tensors, steps):
-        (p_new, p64), (_, g64), (m_new, m64), (v_new, v64) = p, g, m, v
-        want_m = beta1 * m64 + (1 - beta1) * g64
-        want_v = beta2 * v64 + (1 - beta2) * g64 * g64
-        want_p = p64 * (1 - lr * weight_decay) - lr / (1 - beta1**t) * want_m / (np.sqrt(want_v / (1 - beta2**t)) + eps)
-        assert_close(values(m_new, etype), want_m, etype, "exp_avg")
-        assert_close(values(v_new, etype), want_v, etype, "exp_avg_sq")
-        assert_close(values(p_new, etype), want_p, etype, "param")
+    for (p, g, m, v, master, theta), (m64, v64), t in zip(tensors, before, steps):
+        want_m = beta1 * m64 + (1 - beta1) * g[1]
+        want_v = beta2 * v64 + (1 - beta2) * g[1] * g[1]
+        want_p = theta * (1 - lr * weight_decay) - lr / (1 - beta1**t) * want_m / (np.sqrt(want_v / (1 - beta2**t)) + eps)
+        assert_close(m.astype(np.float64), want_m, "float32", "exp_avg")
+        assert_close(v.astype(np.float64), want_v, "float32", "exp_avg_sq")
+        assert_close(master.astype(np.float64), want_p, "float32", "master")
+        assert_close(values(p[0], etype), want_p, etype, "param")
 
 
 # ------------------------------------------------------------------------------------------------

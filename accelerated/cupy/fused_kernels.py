@@ -167,9 +167,12 @@ def _elementwise(name, x2, arrays, activation):
 # ---- AdamW ---------------------------------------------------------------------------------
 
 
-def adamw_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, betas, eps, weight_decay, chunk_size=65536):
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, betas, eps, weight_decay, masters=None,
+               chunk_size=65536):
     """One AdamW update of every array in ``params`` (one dtype, contiguous), in place, in one launch.
 
+    grads: the parameters' dtype; exp_avgs, exp_avg_sqs and masters: float32 (masters: the fp32 copies
+    of half-precision parameters; None for float32 parameters, which are their own master).
     steps: each parameter's step count t after this update (bias corrections are per parameter).
     """
     import cupy
@@ -178,16 +181,21 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, steps, lr, betas, eps, weig
         return
     beta1, beta2 = betas
     dtype = params[0].dtype
-    for group in (params, grads, exp_avgs, exp_avg_sqs):
+    if masters is None:
+        if dtype != np.float32:
+            raise TypeError(f"adamw_step needs float32 master copies for {dtype} parameters, got masters=None")
+        masters = params
+    for group, want in ((params, dtype), (grads, dtype), (masters, np.float32), (exp_avgs, np.float32),
+                        (exp_avg_sqs, np.float32)):
         for a in group:
-            if a.dtype != dtype or not a.flags.c_contiguous:
-                raise TypeError(f"adamw_step needs contiguous arrays of one dtype ({dtype}), got {a.dtype}")
+            if a.dtype != want or not a.flags.c_contiguous:
+                raise TypeError(f"adamw_step needs contiguous {np.dtype(want)} arrays here, got {a.dtype}")
     sizes = np.array([p.size for p in params], dtype=np.int64)
     chunks = [(i, start) for i, size in enumerate(sizes) for start in range(0, int(size), chunk_size)]
     if not chunks:
         return
     pointers = [cupy.asarray(np.array([device_pointer(a) for a in group], dtype=np.uint64))
-                for group in (params, grads, exp_avgs, exp_avg_sqs)]
+                for group in (params, masters, grads, exp_avgs, exp_avg_sqs)]
     step_size = np.array([lr / (1 - beta1**t) for t in steps], dtype=np.float32)
     bias2_sqrt = np.array([(1 - beta2**t) ** 0.5 for t in steps], dtype=np.float32)
     kernel("adamw.cu", "adamw_step", dtype)(
