@@ -120,3 +120,116 @@ def emulated_cupy():
             sys.modules.pop("cupy", None)
         else:
             sys.modules["cupy"] = saved
+
+
+# ---- counting what CuPy would launch ----------------------------------------------------------
+
+
+class CountedArray(np.ndarray):
+    """A NumPy array that counts the array operations made on it (see ``count_operations``)."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _count(f"{ufunc.__name__}.{method}" if method != "__call__" else ufunc.__name__)
+        if "out" in kwargs:
+            kwargs["out"] = _plain(kwargs["out"])
+        return _counted(getattr(ufunc, method)(*_plain(inputs), **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        _count(func.__name__)
+        return _counted(func(*_plain(args), **_plain(kwargs)))
+
+    def astype(self, dtype, *args, copy=True, **kwargs):
+        if copy or np.dtype(dtype) != self.dtype:
+            _count("astype")
+        return _counted(self.view(np.ndarray).astype(dtype, *args, copy=copy, **kwargs))
+
+    def copy(self, *args, **kwargs):
+        _count("copy")
+        return _counted(self.view(np.ndarray).copy(*args, **kwargs))
+
+    def __getitem__(self, key):
+        if any(isinstance(k, np.ndarray) for k in (key if isinstance(key, tuple) else (key,))):
+            _count("take")  # advanced indexing gathers: a kernel; basic slicing is a view
+        return _counted(self.view(np.ndarray)[_plain(key)])
+
+    def __setitem__(self, key, value):
+        _count("setitem")
+        self.view(np.ndarray)[_plain(key)] = _plain(value)
+
+
+#: operation name -> count while ``count_operations`` runs (None: not counting)
+OPERATIONS = None
+_CREATORS = {"empty": 0, "empty_like": 0, "asarray": 0, "ascontiguousarray": 0,  # no kernel
+             "zeros": 1, "zeros_like": 1, "ones": 1, "ones_like": 1, "full": 1, "array": 1}  # a fill or copy
+
+
+def _plain(x):
+    if isinstance(x, CountedArray):
+        return x.view(np.ndarray)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return x
+
+
+def _counted(x):
+    if type(x) is np.ndarray:
+        return x.view(CountedArray)
+    if isinstance(x, tuple):
+        return tuple(_counted(v) for v in x)
+    return x
+
+
+def _count(name: str) -> None:
+    """Count an operation made by the backend (the emulator's own argument handling is not CuPy's)."""
+    if OPERATIONS is None:
+        return
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_code.co_filename.startswith(np.__path__[0]) or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    if frame is None or "cuda_emulation" not in frame.f_code.co_filename:
+        OPERATIONS[name] += 1
+
+
+@contextlib.contextmanager
+def count_operations(module):
+    """Count, while the block runs, the array operations the CuPy backend makes (each is one or a few
+    kernels on a GPU: ufuncs, reductions, matmul, copies, fills, gathers) and the RawModule launches.
+
+    The module's parameters become CountedArray views (pass inputs as ``x.view(CountedArray)``; results
+    inherit it), and the stand-in's creation functions return counted arrays. Yields a Counter:
+    operation name -> count, with the fused kernels under 'kernel:<name>'.
+    """
+    global OPERATIONS
+    fake = sys.modules["cupy"]
+    for p in module.parameters():
+        p.data = p.data.view(CountedArray)
+    saved = {name: fake.__dict__.get(name) for name in _CREATORS}
+
+    def creator(name, fills):
+        base = getattr(np, name)
+
+        def create(*args, **kwargs):
+            if fills:
+                _count(name)
+            return _counted(base(*_plain(args), **_plain(kwargs)))
+
+        return create
+
+    for name, fills in _CREATORS.items():
+        setattr(fake, name, creator(name, fills))
+    OPERATIONS = collections.Counter()
+    launches_before = collections.Counter(LAUNCHES)
+    counts = OPERATIONS
+    try:
+        yield counts
+    finally:
+        OPERATIONS = None
+        for name, value in saved.items():
+            if value is None:
+                fake.__dict__.pop(name, None)
+            else:
+                setattr(fake, name, value)
+        for name, n in (LAUNCHES - launches_before).items():
+            counts[f"kernel:{name}"] += n

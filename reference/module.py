@@ -41,11 +41,16 @@ class Parameter:
         return int(self.data.size)
 
     def accumulate_grad(self, grad) -> None:
-        """grad (same shape as data) is added to ``self.grad`` (gradients of several uses add up)."""
+        """grad (same shape as data) is added to ``self.grad`` (gradients of several uses add up).
+
+        The parameter takes ``grad`` over: pass an array made for this call (every backward here
+        passes a fresh product or sum, or a slice of one), because the first gradient of a step is
+        kept as it is, not copied, and later ones are added into it in place.
+        """
         if grad.shape != self.data.shape:
             raise ValueError(f"gradient must have shape {self.shape}, got {tuple(grad.shape)}")
         if self.grad is None:
-            self.grad = grad.astype(self.data.dtype, copy=True)
+            self.grad = grad if grad.dtype == self.data.dtype else grad.astype(self.data.dtype)
         else:
             self.grad += grad
 

@@ -1,15 +1,17 @@
 """`dispatch`: what one training step asks of the device, counted on the CPU (no GPU needed).
 
-At the paper's base model an eager training step on an H100 is bounded by how many operations the
-host launches, not by the matmuls (about 4 ms of bf16 math in a step of about 50 ms). This suite
-counts, for accelerated.torch and the torch.nn.Transformer baseline of the `training` suite, the
-same step (forward, loss, backward, fused AdamW) at the base architecture (8 heads, 6+6 layers)
-with tensors small enough that the CPU time is the framework's own:
+At the paper's base model an eager training step on an H100 spends most of its time outside the
+matmuls (about 4 ms of bf16 math in a step of about 50 ms): in the kernels between them and in
+launching them. This suite counts, for accelerated.torch and the torch.nn.Transformer baseline of
+the `training` suite, the same step (forward, loss, backward, fused AdamW) at the base architecture
+(8 heads, 6+6 layers) with tensors small enough that the CPU time is the framework's own:
 
 - aten operations dispatched per step (views included), the kernels among them (views, transposes
   and other metadata operations excluded), and host-device syncs (``aten._local_scalar_dense``);
 - the CPU time per step at that size (the host-side cost the GPU would wait for);
-- the graphs and graph breaks ``torch.compile`` sees in the model's forward (``torch._dynamo.explain``).
+- the graphs and graph breaks ``torch.compile`` sees in the model's forward (``torch._dynamo.explain``);
+- for accelerated.cupy, run on the repository's CUDA host emulator: its array operations and fused
+  kernel launches per step (``cupy_emulated_row``).
 
 Counts are exact and repeatable; times are medians on a possibly busy CPU, side by side in one run.
 """
@@ -92,7 +94,50 @@ def _model_and_batch(backend, cfg):
     return training.torch_model(backend, cfg, "cpu"), src, tgt
 
 
-def run(warmup: int = 3, reps: int = 30, compile_check: bool = True, cfg: dict = CONFIG) -> dict:
+def cupy_emulated_row(cfg: dict) -> dict:
+    """accelerated.cupy's training step (fp32) on the CUDA host emulator of parity_tests/: the array
+    operations it makes (each one or a few kernels on a GPU) plus the fused kernels it launches.
+
+    The heads are 32 wide (the flash kernel's smallest head size: d_model / 32 heads); the number of
+    heads does not change the count. No time: the emulator's is meaningless.
+    """
+    label = "accelerated.cupy fp32 (host emulator)"
+    row = {"backend": "accelerated.cupy", "precision": "fp32", "label": label, "status": "ok"}
+    try:
+        from parity_tests import emulated_cupy
+    except ImportError as error:
+        row["status"] = f"skipped: needs the repository's parity_tests (the CUDA host emulator): {error}"
+        return row
+    reason = emulated_cupy.unavailable_reason()
+    if reason is not None:
+        row["status"] = f"skipped: {reason}"
+        return row
+    import numpy as np
+
+    V, B, N = cfg["vocab_size"], cfg["batch_size"], cfg["seq_len"]
+    with emulated_cupy.emulated_cupy() as rc:
+        model = rc.Transformer(V, V, cfg["d_model"], cfg["d_model"] // 32, cfg["d_ff"], cfg["num_encoder_layers"],
+                               cfg["num_decoder_layers"], dropout=0.0, max_len=512, seed=0, dtype="float32")
+        loss_fn, optimizer = rc.CrossEntropyLoss(), rc.AdamW(model.parameters(), lr=1e-4)
+        rng = np.random.default_rng(0)
+        src, tgt, out = (rc.asarray(rng.integers(0, V, (B, N))).view(emulated_cupy.CountedArray) for _ in range(3))
+
+        def step():
+            loss_fn(model(src, tgt), out)
+            optimizer.zero_grad()
+            model.backward(loss_fn.backward()[0])
+            optimizer.step()
+
+        step()  # optimizer state and compiled kernels exist from here on
+        with emulated_cupy.count_operations(model) as counts:
+            step()
+    fused = sum(n for op, n in counts.items() if op.startswith("kernel:"))
+    row.update(kernels=sum(counts.values()), fused_kernels=fused, heads=cfg["d_model"] // 32,
+               kernels_by_op=dict(sorted(counts.items(), key=lambda kv: -kv[1])))
+    return row
+
+
+def run(warmup: int = 3, reps: int = 30, compile_check: bool = True, cfg: dict = CONFIG, cupy: bool = True) -> dict:
     import torch
 
     threads = torch.get_num_threads()
@@ -111,6 +156,8 @@ def run(warmup: int = 3, reps: int = 30, compile_check: bool = True, cfg: dict =
                    "kernels_by_op": dict(sorted(kernels.items(), key=lambda kv: -kv[1]))}
             row.update(common.time_cpu(step, 0, reps))
             results.append(row)
+        if cupy:
+            results.append(cupy_emulated_row(cfg))
         if compile_check:
             for backend in ("accelerated.torch", "torch.nn.Transformer"):
                 found = graph_breaks(backend, cfg)
@@ -121,8 +168,8 @@ def run(warmup: int = 3, reps: int = 30, compile_check: bool = True, cfg: dict =
         torch.set_num_threads(threads)
     for row in results:
         base = next(r for r in results if r["backend"] == "torch.nn.Transformer" and r["precision"] == row["precision"])
-        row["kernels_vs_baseline"] = row["kernels"] / base["kernels"]
-        row["cpu_time_vs_baseline"] = row["median_ms"] / base["median_ms"]
+        row["kernels_vs_baseline"] = row["kernels"] / base["kernels"] if row.get("kernels") else None
+        row["cpu_time_vs_baseline"] = row["median_ms"] / base["median_ms"] if row.get("median_ms") else None
     return common.record(
         "dispatch", "python -m accelerated.bench dispatch", "cpu",
         {**cfg, "warmup": warmup, "reps": reps, "threads": 1,
@@ -134,7 +181,7 @@ def run(warmup: int = 3, reps: int = 30, compile_check: bool = True, cfg: dict =
 COLUMNS = [("row", "label", ""), ("aten ops", "aten_ops", "d"), ("kernels", "kernels", "d"),
            ("vs baseline", "kernels_vs_baseline", ".2f"), ("syncs", "host_syncs", "d"),
            ("CPU ms/step", "median_ms", ".2f"), ("vs baseline", "cpu_time_vs_baseline", ".2f"),
-           ("compiled graphs", "graphs", "d"), ("graph breaks", "graph_breaks", "d")]
+           ("compiled graphs", "graphs", "d"), ("graph breaks", "graph_breaks", "d"), ("status", "status", "")]
 
 
 def report(document: dict) -> str:

@@ -77,12 +77,13 @@ def dispatch_plot(document: dict, path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
     for ax, key, ylabel in ((axes[0], "kernels", "kernels launched per step"),
                             (axes[1], "median_ms", "CPU ms per step (median, 1 thread)")):
-        values = [r[key] for r in rows]
-        ax.bar(range(len(rows)), values, color=["tab:blue" if "accelerated" in r["backend"] else "tab:gray"
-                                                for r in rows])
-        for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.0f}" if key == "kernels" else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        shown = [i for i, r in enumerate(rows) if r.get(key)]  # the emulated CuPy row has no time
+        values = [rows[i][key] for i in shown]
+        ax.bar(range(len(shown)), values, color=["tab:blue" if "accelerated" in rows[i]["backend"] else "tab:gray"
+                                                 for i in shown])
+        for x, v in enumerate(values):
+            ax.text(x, v, f"{v:.0f}" if key == "kernels" else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(shown)), [labels[i] for i in shown], fontsize=7)
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(f"one training step's dispatch, base architecture at host-overhead size, {document['device']['name']}",

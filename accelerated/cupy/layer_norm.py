@@ -42,7 +42,7 @@ class FusedNorm:
         has_bias = not saved["rms"] and self.bias is not None
         dx, dweight, dbias = fused_kernels.norm_backward(dy.astype(x.dtype, copy=False), x, self.weight.data,
                                                          saved["mean"], saved["rstd"], saved["rms"], has_bias)
-        self.weight.accumulate_grad(dweight.astype(self.weight.dtype))  # ← from y = x̂ ⊙ γ
+        self.weight.accumulate_grad(dweight.astype(self.weight.dtype, copy=False))  # ← from y = x̂ ⊙ γ
         if has_bias:
-            self.bias.accumulate_grad(dbias.astype(self.bias.dtype))  # ← from y = ... + β
+            self.bias.accumulate_grad(dbias.astype(self.bias.dtype, copy=False))  # ← from y = ... + β
         return dx
