@@ -74,7 +74,7 @@ def dispatch_plot(document: dict, path) -> Path | None:
         return None
     plt = _pyplot()
     labels = [r["label"].replace(" ", "\n", 1) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=100)
     for ax, key, ylabel in ((axes[0], "kernels", "kernels launched per step"),
                             (axes[1], "median_ms", "CPU ms per step (median, 1 thread)")):
         shown = [i for i, r in enumerate(rows) if r.get(key)]  # the emulated CuPy row has no time
@@ -83,7 +83,7 @@ def dispatch_plot(document: dict, path) -> Path | None:
                                                  for i in shown])
         for x, v in enumerate(values):
             ax.text(x, v, f"{v:.0f}" if key == "kernels" else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(shown)), [labels[i] for i in shown], fontsize=7)
+        ax.set_xticks(range(len(shown)), [labels[i] for i in shown], fontsize=7, rotation=25, ha="right")
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(f"one training step's dispatch, base architecture at host-overhead size, {document['device']['name']}",
