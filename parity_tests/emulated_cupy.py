@@ -72,11 +72,31 @@ def make_module() -> types.ModuleType:
     fake.ndarray = np.ndarray
     fake.RawModule = RawModule
     fake.asnumpy = lambda x, **_: np.asarray(x)
+    fake.empty, fake.empty_like = _poisoned_empty, _poisoned_empty_like  # fresh device memory is not zeros
     fake.cuda = SimpleNamespace(
         runtime=SimpleNamespace(getDeviceCount=lambda: 1),
         compiler=SimpleNamespace(CompileException=RuntimeError),
     )
     return fake
+
+
+def _poisoned_empty(shape, dtype=float, order="C"):
+    """cupy.empty: memory whose bytes are 0xFF (NaN in every float type), so an entry a kernel or the
+    backend never writes shows up instead of reading as NumPy's often-zeroed fresh pages."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
+    return np.full(count * dtype.itemsize, 0xFF, np.uint8).view(dtype).reshape(shape, order=order)
+
+
+def _poisoned_empty_like(a, dtype=None, order="K", shape=None):
+    """cupy.empty_like, poisoned like ``_poisoned_empty``."""
+    target = np.empty_like(np.asarray(a), dtype=dtype, order=order, shape=shape)  # the layout NumPy would choose
+    kind = target.dtype.kind
+    target[...] = np.iinfo(target.dtype).max if kind == "u" else _POISON.get(kind, np.nan)
+    return target
+
+
+_POISON = {"b": True, "i": -1}  # all bits set (unsigned: below); floats (and bfloat16): NaN
 
 
 def launcher(name: str):

@@ -290,10 +290,11 @@ def flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=Fal
     lse = cupy.ascontiguousarray(lse)
     mask = _prepare_mask(key_valid, cupy)
 
-    dk = cupy.zeros_like(k)
-    dv = cupy.zeros_like(v)
-    dq_accum = cupy.zeros(q.shape, dtype=cupy.float32)
-    if q.size and k.size:
+    launch = bool(q.size and k.size)
+    fresh = cupy.empty_like if launch else cupy.zeros_like  # the kernel writes every dK, dV row (0 if never attended)
+    dk, dv = fresh(k), fresh(v)
+    dq_accum = cupy.zeros(q.shape, dtype=cupy.float32)  # fp32 atomics add into it
+    if launch:
         delta = cupy.empty((B, H, L), dtype=cupy.float32)
         grid, block = preprocess_grid(B, H, L)
         get_kernel(kernel_name("bwd_preprocess", etype, d))(grid, block, (out, d_out, delta, cupy.int64(B * H * L)))
