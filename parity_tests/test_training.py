@@ -361,6 +361,29 @@ def test_backend_that_cannot_import_names_what_to_install(monkeypatch, capsys):
     assert "rosetta-transformer[cuda12]" in capsys.readouterr().err
 
 
+def test_training_on_the_cupy_backend_on_the_emulator(tmp_path, monkeypatch):
+    """`rosetta train --backend cupy`: the whole loop (fused kernels, clipping, schedule, checkpoint, greedy
+    scoring with the cache) on the CuPy backend, run by the CUDA host emulator; the checkpoint loads into
+    the reference. (Without a GPU, `import accelerated.cupy` refuses; the emulated namespace stands in.)"""
+    from parity_tests import emulated_cupy
+
+    if emulated_cupy.unavailable_reason() is not None:
+        pytest.skip(f"CUDA kernels on the CPU emulator: {emulated_cupy.unavailable_reason()}")
+    out = tmp_path / "run"
+    with emulated_cupy.emulated_cupy() as rt:
+        monkeypatch.setitem(sys.modules, "accelerated.cupy", rt)
+        emulated_cupy.LAUNCHES.clear()
+        code = main(["train", "--backend", "cupy", "--config", "tiny", "batch_size=2", "heldout_size=4",
+                     "eval_batch_size=4", "--steps", "3", "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["backend"] == "cupy" and np.isfinite(summary["final_loss"]) and summary["heldout_sequences"] == 4
+    assert {"adamw_step", "norm_forward", "cross_entropy_forward"} <= {n.rsplit("_", 1)[0] for n in emulated_cupy.LAUNCHES}
+    model, config = load_checkpoint(out / "model.safetensors")
+    assert config["model"]["d_model"] == PRESETS["tiny"]["d_model"]
+    assert all(np.all(np.isfinite(p.data)) for p in model.parameters())
+
+
 # ---- the command line ------------------------------------------------------------------------------
 
 

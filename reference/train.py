@@ -43,7 +43,7 @@ SCHEDULES = ("cosine", "inverse_sqrt", "constant")
 BACKENDS = {"numpy": "reference", "torch": "accelerated.torch", "cupy": "accelerated.cupy"}
 #: what the training loop uses from a backend's namespace (the API every backend shares)
 BACKEND_NAMES = ("Transformer", "CrossEntropyLoss", "AdamW", "WarmupCosine", "WarmupInverseSqrt",
-                 "clip_grad_norm_", "asarray", "to_numpy")
+                 "clip_grad_norm_", "asarray", "to_numpy", "greedy_decode")
 #: the model's positional table: longer inputs than this are refused by the model
 MODEL_MAX_LEN = 256
 
@@ -128,12 +128,6 @@ def load_backend(name: str):
     except Exception as error:  # noqa: BLE001 - e.g. CuPy without a GPU raises at import
         raise BackendUnavailable(f"backend {name!r} is not available on this machine: {error}") from None
     missing = [attr for attr in BACKEND_NAMES if not hasattr(namespace, attr)]
-    try:
-        decoding = importlib.import_module(f"{module_name}.decoding")
-        if not hasattr(decoding, "greedy_decode"):
-            missing.append("decoding.greedy_decode")
-    except ImportError:
-        missing.append("decoding.greedy_decode")
     if missing:
         raise BackendUnavailable(
             f"backend {name!r} ({module_name}) does not provide {', '.join(missing)}, which training needs; "
@@ -173,7 +167,7 @@ def make_schedule(rt, config: dict, optimizer):
 # ---- decoding and scoring -------------------------------------------------------------------
 
 def _greedy(namespace_module: str):
-    return importlib.import_module(f"{namespace_module}.decoding").greedy_decode
+    return importlib.import_module(namespace_module).greedy_decode  # every backend's namespace has it
 
 
 def output_sequences(ids) -> list:
