@@ -30,6 +30,9 @@ case "$phase" in
       parity_tests/test_cupy_parity.py parity_tests/test_api_conformance.py 2>&1 | tail -40 | tee "$out/check_cupy.txt"
     ROSETTA_BACKENDS=torch-cuda timeout 220 python -m pytest -q -p no:cacheprovider \
       parity_tests/test_torch_parity.py parity_tests/test_torch_models.py 2>&1 | tail -20 | tee "$out/check_torch_cuda.txt"
+    # the training command on the CuPy backend (it has only run on the host emulator)
+    timeout 60 python -m reference.cli train --backend cupy --config tiny --steps 100 --out "$out/train_cupy" \
+      --quiet 2>&1 | tail -5 | tee "$out/check_train_cupy.txt"
     ;;
   attention)  # the targets: fp16/bf16, N up to 4096
     timeout 580 python -m accelerated.bench attention --seq-lens 512,1024,2048,4096 --dtypes float16,bfloat16 \
