@@ -25,10 +25,10 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 case "$phase" in
   check)
     # CuPy first: its kernels have only run on the CPU emulator before.
-    ROSETTA_BACKENDS=cupy timeout 330 python -m pytest -q -x -p no:cacheprovider \
+    ROSETTA_BACKENDS=cupy timeout 300 python -m pytest -q -x -p no:cacheprovider \
       parity_tests/test_kernels_compile.py parity_tests/test_fused_kernels_compile.py \
       parity_tests/test_cupy_parity.py parity_tests/test_api_conformance.py 2>&1 | tail -40 | tee "$out/check_cupy.txt"
-    ROSETTA_BACKENDS=torch-cuda timeout 220 python -m pytest -q -p no:cacheprovider \
+    ROSETTA_BACKENDS=torch-cuda timeout 200 python -m pytest -q -p no:cacheprovider \
       parity_tests/test_torch_parity.py parity_tests/test_torch_models.py 2>&1 | tail -20 | tee "$out/check_torch_cuda.txt"
     # the training command on the CuPy backend (it has only run on the host emulator)
     timeout 60 python -m reference.cli train --backend cupy --config tiny --steps 100 --out "$out/train_cupy" \
