@@ -1,6 +1,7 @@
 """The benchmark suite (accelerated.bench): FLOP formulas, the JSON schema, a tiny `cpu` run; GPU parts skip."""
 
 import json
+import sys
 
 import pytest
 
@@ -143,3 +144,23 @@ def test_training_cpu_smoke_rows_and_ratios(tmp_path):
         base = rows["torch.nn.Transformer", precision, False]
         assert row["ratio_to_baseline"] == pytest.approx(base["median_ms"] / row["median_ms"])
     assert all(compiled for *_, compiled in training.ROW_SETS["yes"]) and len(training.ROW_SETS["yes"]) == 4
+
+
+@pytest.mark.parametrize("impl", ["cupy-flash", "cupy-plain"])
+def test_attention_bench_cupy_cases_run_on_the_emulator(impl, monkeypatch):
+    """The attention suite's CuPy cases (what the GPU session times), run once each on the emulated backend."""
+    from accelerated.bench import attention
+    from parity_tests import emulated_cupy
+
+    if emulated_cupy.unavailable_reason() is not None:
+        pytest.skip(f"CUDA kernels on the CPU emulator: {emulated_cupy.unavailable_reason()}")
+    with emulated_cupy.emulated_cupy() as rt:
+        monkeypatch.setitem(sys.modules, "accelerated.cupy", rt)
+        monkeypatch.setattr(rt, "flash_attention_kernels", emulated_cupy.launcher("flash_attention_kernels"),
+                            raising=False)
+        emulated_cupy.LAUNCHES.clear()
+        for dtype in ("float16", "float32") + (("bfloat16",) if impl == "cupy-flash" else ()):
+            for causal in (False, True):
+                attention._cupy_case(impl, 1, 2, 40, 64, dtype, causal, backward=True)()
+    launched = {name.split("_")[1] for name in emulated_cupy.LAUNCHES if name.startswith("flash")}
+    assert launched == ({"fwd", "bwd"} if impl == "cupy-flash" else set())
