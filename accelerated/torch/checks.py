@@ -80,7 +80,7 @@ def check_token_ids(name: str, ids, vocab_size: int) -> torch.Tensor:
 _token_ranges: dict = {}  # id(ids) → (weak reference, ids._version, low, high)
 
 
-@torch.compiler.disable  # under torch.compile: a graph break, run eagerly (memo included)
+@torch.compiler.disable  # under torch.compile it runs eagerly beside the graph (memo included)
 def token_range(ids: torch.Tensor) -> tuple:
     """(min, max) of a non-empty integer tensor: one device sync, then remembered while it is unchanged.
 
