@@ -233,6 +233,41 @@ def test_emulated_training_steps_follow_the_reference(model, dtype):
     assert any(name.startswith("flash_fwd") for name in launched) and any(name.startswith("flash_bwd") for name in launched)
 
 
+@pytest.mark.skipif(EMULATION_MISSING is not None, reason=f"CUDA kernels on the CPU emulator: {EMULATION_MISSING}")
+def test_emulated_float16_adamw_state_dict_keeps_float32_moments():
+    """A float16 model's AdamW keeps float32 moments through state_dict/load_state_dict (cast to float16
+    they would flush these small second moments, v ≈ 1e-9, to zero). The float32 master weights are not
+    in the state dict: a resumed run restarts them from the float16 parameters, so it stays within one
+    float16 unit of the uninterrupted run."""
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((4, 6)), 1e-3 * rng.standard_normal((4, 5))
+
+    def step(rt, linear, optimizer):
+        linear(rt.asarray(x, dtype="float16"))
+        optimizer.zero_grad()
+        linear.backward(rt.asarray(dy, dtype="float16"))
+        optimizer.step()
+
+    with emulated_cupy.emulated_cupy() as rt:
+        straight, resumed = (rt.Linear(6, 5, seed=2, dtype="float16") for _ in range(2))
+        first, second = rt.AdamW(straight.parameters(), lr=1e-3), rt.AdamW(resumed.parameters(), lr=1e-3)
+        for _ in range(2):
+            step(rt, straight, first)
+        resumed.load_state_dict(straight.state_dict())
+        second.load_state_dict(first.state_dict())
+        for index, entry in first.state.items():
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert second.state[index][key].dtype == np.float32
+                np.testing.assert_array_equal(second.state[index][key], entry[key])
+        assert np.all(second.state[0]["exp_avg_sq"] > 0)
+        for _ in range(2):
+            step(rt, straight, first)
+            step(rt, resumed, second)
+        for a, b in zip(straight.parameters(), resumed.parameters()):
+            np.testing.assert_allclose(rt.to_numpy(b.data).astype(np.float64), rt.to_numpy(a.data).astype(np.float64),
+                                       rtol=2.0**-10, atol=0)
+
+
 #: bfloat16 on the stand-in (ml_dtypes' bfloat16, the dtype CuPy uses): the cases that never feed one
 #: Linear's output into another layer. NumPy's matmul promotes ml_dtypes bfloat16 to float32 (CuPy's
 #: matmul keeps bfloat16), so there the next layer's dtype check refuses the float32 activations.

@@ -82,6 +82,13 @@ def check_choice(name: str, value, choices) -> str:
     return value
 
 
+def check_flag(name: str, value) -> bool:
+    """A bool flag (Python or NumPy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {describe(value)}")
+    return bool(value)
+
+
 def check_divisible(name: str, value: int, divisor_name: str, divisor: int):
     if value % divisor != 0:
         raise ValueError(f"{name} ({value}) must be divisible by {divisor_name} ({divisor})")

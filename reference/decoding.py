@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_array, check_positive_int, describe
+from .checks import check_array, check_flag, check_positive_int, describe
 from .kv_cache import KVCache
 from .language_model import DecoderLM
-from .transformer import Transformer, check_flag
+from .transformer import Transformer
 
 
 @dataclass(frozen=True)

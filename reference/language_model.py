@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .arrays import resolve_dtype
-from .checks import check_positive_int
+from .checks import check_flag, check_positive_int
 from .encoder import Encoder
 from .kv_cache import check_cache
 from .linear import Linear
 from .module import Module, child_seed
-from .transformer import check_cached_length, check_flag, check_padding_mask, check_token_input
+from .transformer import check_cached_length, check_padding_mask, check_token_input
 
 #: token tables start as N(0, 0.02²), as GPT-2 and Llama initialize them
 EMBEDDING_STD = 0.02

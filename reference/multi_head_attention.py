@@ -6,7 +6,15 @@ import numpy as np
 
 from .arrays import array_namespace, resolve_dtype
 from .attention import ScaledDotProductAttention
-from .checks import check_array, check_divisible, check_positive_int, check_probability, check_size, describe
+from .checks import (
+    check_array,
+    check_divisible,
+    check_flag,
+    check_positive_int,
+    check_probability,
+    check_size,
+    describe,
+)
 from .kv_cache import check_cache
 from .linear import Linear
 from .masks import block_local_mask, causal_mask, sliding_window_mask
@@ -30,10 +38,8 @@ def check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, bl
     dropout = check_probability("dropout", dropout)
     window = None if window is None else check_positive_int("window", window)
     block_size = None if block_size is None else check_positive_int("block_size", block_size)
-    if not isinstance(bias, (bool, np.bool_)):
-        raise TypeError(f"bias must be a bool, got {describe(bias)}")
-    if not isinstance(rotary, (bool, np.bool_)):
-        raise TypeError(f"rotary must be a bool, got {describe(rotary)}")
+    check_flag("bias", bias)
+    check_flag("rotary", rotary)
     return (*sizes, num_kv_heads, head_dim, dropout, window, block_size)
 
 

@@ -164,13 +164,17 @@ class Optimizer(ABC):
                 raise TypeError(f"{where}[{key!r}] must be an array, got {describe(value)}")
             if tuple(value.shape) != param.shape:
                 raise ValueError(f"{where}[{key!r}] must have shape {param.shape} (the parameter's), got {tuple(value.shape)}")
-            checked[key] = xp.array(to_numpy(value), dtype=param.dtype)  # a copy, on the parameter's backend
+            checked[key] = xp.array(to_numpy(value), dtype=self._state_dtype(param))  # a copy, on the param's backend
         for key in self.count_state:
             count = float(to_numpy(entry[key]))  # torch keeps step as a 0-d float tensor
             if count != int(count) or count < 0:
                 raise ValueError(f"{where}[{key!r}] must be a non-negative whole number, got {count}")
             checked[key] = int(count)
         return checked
+
+    def _state_dtype(self, param):
+        """The dtype a loaded state array takes for ``param``: the parameter's (a backend may keep more)."""
+        return param.dtype
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters().items())

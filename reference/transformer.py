@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .arrays import resolve_dtype
-from .checks import check_array, check_positive_int, check_size, check_token_ids, describe
+from .checks import check_array, check_flag, check_positive_int, check_size, check_token_ids
 from .decoder import Decoder
 from .encoder import Encoder
 from .kv_cache import check_cache
@@ -43,13 +41,6 @@ def check_padding_mask(name: str, mask, batch: int, length: int, xp):
     if tuple(mask.shape) != (batch, length):
         raise ValueError(f"{name} must have shape {(batch, length)} (batch, sequence length), got {tuple(mask.shape)}")
     return mask
-
-
-def check_flag(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
-    return bool(value)
-
 
 
 def check_transformer_sizes(src_vocab_size, tgt_vocab_size, d_model, max_len, tie_embeddings) -> tuple:

@@ -36,9 +36,6 @@ class FusedAdamW:
                 if state is None:
                     state = self.state[index] = {"step": 0, "exp_avg": self.xp.zeros(param.shape, np.float32),
                                                  "exp_avg_sq": self.xp.zeros(param.shape, np.float32)}
-                for key in ("exp_avg", "exp_avg_sq"):  # a loaded state comes in the parameter's dtype
-                    if state[key].dtype != np.float32:
-                        state[key] = state[key].astype(np.float32)
                 state["step"] += 1
                 states.append(state)
                 if half:
@@ -47,6 +44,12 @@ class FusedAdamW:
                                      [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                                      [s["step"] for s in states], self.lr, self.betas, self.eps, self.weight_decay,
                                      masters=masters if half else None)
+
+    def _state_dtype(self, param):
+        """Loaded moments of a parameter the kernel updates stay float32 (cast to half, they would underflow)."""
+        if self.xp.__name__ == "cupy" and fused_kernels.supports(param.dtype):
+            return np.dtype(np.float32)
+        return super()._state_dtype(param)
 
     def _master(self, index: int, param):
         """The fp32 copy of a half-precision parameter that the updates accumulate in (not in state_dict:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import weakref
 
-import numpy as np
 import torch
 
 from reference.arrays import _is_cupy_array
 from reference.checks import (
     check_choice,
     check_divisible,
+    check_flag,
     check_positive_int,
     check_probability,
     check_size,
@@ -95,13 +95,6 @@ def token_range(ids: torch.Tensor) -> tuple:
     low, high = torch.stack([low, high]).tolist()
     _token_ranges[key] = (weakref.ref(ids, lambda _, key=key: _token_ranges.pop(key, None)), ids._version, low, high)
     return low, high
-
-
-def check_flag(name: str, value) -> bool:
-    """A bool flag (Python or NumPy bool)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {describe(value)}")
-    return bool(value)
 
 
 __all__ = [
