@@ -1,12 +1,12 @@
-"""The benchmark suite (accelerated.bench): FLOP formulas, the JSON schema, a tiny `cpu` run; GPU parts skip."""
+"""The benchmark suite (rosetta.bench): FLOP formulas, the JSON schema, a tiny `cpu` run; GPU parts skip."""
 
 import json
 import sys
 
 import pytest
 
-from accelerated.bench import common
-from accelerated.bench.__main__ import main as bench_main
+from rosetta.bench import common
+from rosetta.bench.__main__ import main as bench_main
 
 
 def test_attention_flops():
@@ -56,7 +56,7 @@ def test_tiny_cpu_run_writes_valid_json(tmp_path):
 
 def test_rosetta_bench_delegates(tmp_path, capsys):
     pytest.importorskip("torch")
-    from reference.cli import main
+    from rosetta.cli import main
 
     assert main(["bench", "cpu", "--steps", "1", "--warmup", "0", "--threads", "1", "--batch-size", "4",
                  "--no-profile", "--out", str(tmp_path)]) == 0
@@ -100,7 +100,7 @@ def test_dispatch_counts_fewer_kernels_than_the_baseline_and_no_graph_break():
     step than torch.nn.Transformer (stacked q/k/v projections), does not read the device again for a
     batch it has checked (test_torch_models.py counts the two reads of a fresh batch), and torch.compile sees the model as two graphs (the token check's read, then the whole model)."""
     pytest.importorskip("torch")
-    from accelerated.bench import dispatch
+    from rosetta.bench import dispatch
 
     cfg = {**dispatch.CONFIG, "num_encoder_layers": 1, "num_decoder_layers": 1}
     document = dispatch.run(warmup=1, reps=2, cfg=cfg)
@@ -131,7 +131,7 @@ def test_dispatch_cli_writes_json_and_png(tmp_path):
 def test_training_cpu_smoke_rows_and_ratios(tmp_path):
     """--compiled no: the eager rows only, each torch row's ratio against the eager baseline of its precision."""
     pytest.importorskip("torch")
-    from accelerated.bench import training
+    from rosetta.bench import training
 
     assert bench_main(["training", "--config", "cpu", "--compiled", "no", "--warmup", "0", "--reps", "1",
                        "--out", str(tmp_path)]) == 0
@@ -149,8 +149,8 @@ def test_training_cpu_smoke_rows_and_ratios(tmp_path):
 @pytest.mark.parametrize("impl", ["cupy-flash", "cupy-plain"])
 def test_attention_bench_cupy_cases_run_on_the_emulator(impl, monkeypatch):
     """The attention suite's CuPy cases (what the GPU session times), run once each on the emulated backend."""
-    from accelerated.bench import attention
-    from parity_tests import emulated_cupy
+    from rosetta.bench import attention
+    from accelerated import cupy_emulator as emulated_cupy
 
     if emulated_cupy.unavailable_reason() is not None:
         pytest.skip(f"CUDA kernels on the CPU emulator: {emulated_cupy.unavailable_reason()}")

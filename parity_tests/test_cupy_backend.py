@@ -7,28 +7,18 @@ The package's __init__ refuses to import without a GPU, so its files are loaded 
 stand-in package name.
 """
 
-import importlib
 import inspect
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import reference as R
-
-CUPY_DIR = Path(__file__).resolve().parent.parent / "accelerated" / "cupy"
+from accelerated.cupy_emulator import cupy_file
 
 
 def load_backend():
     """accelerated/cupy/backend.py, imported without running accelerated/cupy/__init__.py."""
-    name = "_rosetta_cupy_files"
-    if name not in sys.modules:
-        package = types.ModuleType(name)
-        package.__path__ = [str(CUPY_DIR)]
-        sys.modules[name] = package
-    return importlib.import_module(f"{name}.backend")
+    return cupy_file("backend")
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +147,7 @@ def test_half_dtype_casts_the_float32_weights(rt):
 
 
 def test_key_padding_detection():
-    attention = importlib.import_module("_rosetta_cupy_files.attention") if "_rosetta_cupy_files" in sys.modules \
-        else (load_backend(), importlib.import_module("_rosetta_cupy_files.attention"))[1]
+    attention = cupy_file("attention")
     pad = np.array([[True, True, False], [True, False, False]]).reshape(2, 1, 1, 3)
     np.testing.assert_array_equal(attention.key_padding_only(pad, np, 2, 4, 5, 3), pad.reshape(2, 3))
     additive = np.where(pad, 0.0, -np.inf)

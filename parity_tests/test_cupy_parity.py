@@ -8,7 +8,7 @@ parity_tests/tolerances.py. The reference runs on the same rounded inputs and pa
 The same harness runs in CI on the CPU twice: with the backend factory fed NumPy
 (``derived-numpy``: the harness and the shared code), and with a stand-in ``cupy`` whose kernels
 run in the host emulator of the CUDA execution model (``emulated-cupy``: the fused routes,
-launchers and kernels themselves, see parity_tests/emulated_cupy.py). The ``cupy`` cases need
+launchers and kernels themselves, see accelerated/cupy/emulator/). The ``cupy`` cases need
 CuPy and a CUDA device.
 """
 
@@ -18,7 +18,7 @@ import copy
 import numpy as np
 import pytest
 
-from parity_tests import emulated_cupy
+from accelerated import cupy_emulator as emulated_cupy
 from parity_tests.backends import BACKENDS, backend_dtype_params, round_to
 from parity_tests.tolerances import (
     ERROR_FLOOR,
@@ -33,11 +33,8 @@ CASES = {case.name: case for case in _cases()}
 
 
 def derived_numpy_namespace():
-    from parity_tests.test_cupy_backend import (
-        load_backend,  # backend.py without the package's GPU check
-    )
-
-    return load_backend().make_namespace(np, "parity_tests.derived_numpy")
+    backend = emulated_cupy.cupy_file("backend")  # backend.py without the package's GPU check
+    return backend.make_namespace(np, "parity_tests.derived_numpy")
 
 
 @contextlib.contextmanager

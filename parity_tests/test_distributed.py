@@ -155,11 +155,11 @@ def test_bad_input_raises_and_names_it(alone, monkeypatch):
                     reason="torch.distributed with the gloo backend is not available in this torch build")
 def test_rosetta_train_under_torchrun_matches_one_process(tmp_path, alone):
     """`rosetta train --backend torch` under torchrun: 2 ranks take the steps of one process."""
-    from reference.checkpoint import load_checkpoint
+    from rosetta.checkpoint import load_checkpoint
 
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
-    train_args = ["-m", "reference.cli", "train", "--task", "reverse", "--backend", "torch", "--config", "tiny",
+    train_args = ["-m", "rosetta.cli", "train", "--task", "reverse", "--backend", "torch", "--config", "tiny",
                   "dtype=float64", "--steps", "15", "--quiet"]
     runs = {
         "two": [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",

@@ -1,6 +1,6 @@
 """The fused kernels (accelerated/cupy/kernels/*.cu): they compile with nvcc for sm_80 and sm_90,
 and each agrees with the reference's layer through the CuPy backend's API: on a CUDA device with
-CuPy, and on the CPU with the same kernels run by the host emulator (parity_tests/emulated_cupy.py)."""
+CuPy, and on the CPU with the same kernels run by the host emulator (accelerated/cupy/emulator/, through accelerated.cupy_emulator)."""
 
 import contextlib
 import importlib.util
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import reference as R
-from parity_tests import emulated_cupy
+from accelerated import cupy_emulator as emulated_cupy
 from parity_tests.backends import BACKENDS
 from reference.arrays import to_numpy
 

@@ -1,6 +1,6 @@
 """README's main job: the float64 gradient check of every layer passes."""
 
-from reference.cli import main
+from rosetta.cli import main
 from reference.gradcheck_suite import TOLERANCE, run_suite
 
 

@@ -1,4 +1,4 @@
-"""torch.nn's Transformer modules converted with reference.interop: every backend computes what torch does.
+"""torch.nn's Transformer modules converted with rosetta.interop: every backend computes what torch does.
 
 For each drawn configuration a torch module is built (batch_first, dropout 0, eval, float64),
 its state dict converted, and loaded into the reference (float64 and float32) and into
@@ -21,7 +21,7 @@ from parity_tests.tolerances import (
     GRADIENT_TOL,
     assert_close,
 )
-from reference import interop
+from rosetta import interop
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'rosetta-transformer[torch]'): "
                                            "the conversions are checked against torch's own modules")

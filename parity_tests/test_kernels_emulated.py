@@ -1,4 +1,4 @@
-"""The CuPy backend's CUDA kernels, executed on the CPU by the host emulator (parity_tests/cuda_emulation).
+"""The CuPy backend's CUDA kernels, executed on the CPU by the host emulator (accelerated/cupy/emulator/host.py).
 
 No GPU needed: g++ compiles the real kernels/*.cu, every CUDA thread runs as a fiber, and mma.sync
 is emulated from the PTX ISA's fragment layout. Each kernel is launched exactly as the CuPy
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity_tests import cuda_emulation as emu
+from accelerated.cupy_emulator import host as emu
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "accelerated" / "cupy" / "kernels"

@@ -180,7 +180,7 @@ def test_backward_is_for_forward_only(backend):
 def test_token_ids_are_read_once_per_step_and_again_after_a_write(backend):
     """forward checks src and tgt, and the embeddings check them again: one device read each
     (on a GPU every read is a host sync); an in-place write makes the remembered range stale."""
-    from accelerated.bench.dispatch import count_ops, host_syncs
+    from rosetta.bench.dispatch import count_ops, host_syncs
 
     model = transformer_builder(1)(backend.rt, torch.float64).to(backend.device)
     src = native(backend, token_ids(0, (2, 4)), "float64")
@@ -502,9 +502,9 @@ def test_bad_input_raises_like_reference(backend, label, argument, call):
 def test_training_on_torch_lowers_the_loss(tmp_path):
     """The tiny preset trains on accelerated.torch (CPU) with the reference's loop: the same first loss
     as the NumPy run (same weights and batch), then a falling loss; its checkpoint loads on the reference."""
-    from reference.checkpoint import load_checkpoint
-    from reference.cli import main
-    from reference.train import parse_overrides, train
+    from rosetta.checkpoint import load_checkpoint
+    from rosetta.cli import main
+    from rosetta.train import parse_overrides, train
 
     config = parse_overrides(["tiny", "steps=60", "heldout_size=16"])
     result = train(config, backend="torch", progress=False)

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity_tests.strategies import seeds
-from reference.checkpoint import build_model, load_checkpoint, save_checkpoint
-from reference.cli import main
-from reference.tasks import BOS, EOS, FIRST_SYMBOL, PAD, TASKS, SyntheticTask, make_task
-from reference.train import (
+from rosetta.checkpoint import build_model, load_checkpoint, save_checkpoint
+from rosetta.cli import main
+from rosetta.tasks import BOS, EOS, FIRST_SYMBOL, PAD, TASKS, SyntheticTask, make_task
+from rosetta.train import (
     PRESETS,
     BackendUnavailable,
     check_config,
@@ -291,7 +291,7 @@ def test_failed_save_changes_nothing(small_checkpoint):
 
 
 def test_interrupted_save_keeps_the_old_file(small_checkpoint, monkeypatch):
-    import reference.checkpoint as checkpoint
+    import rosetta.checkpoint as checkpoint
 
     path, model, config = small_checkpoint
     before = path.read_bytes()
@@ -365,7 +365,7 @@ def test_training_on_the_cupy_backend_on_the_emulator(tmp_path, monkeypatch):
     """`rosetta train --backend cupy`: the whole loop (fused kernels, clipping, schedule, checkpoint, greedy
     scoring with the cache) on the CuPy backend, run by the CUDA host emulator; the checkpoint loads into
     the reference. (Without a GPU, `import accelerated.cupy` refuses; the emulated namespace stands in.)"""
-    from parity_tests import emulated_cupy
+    from accelerated import cupy_emulator as emulated_cupy
 
     if emulated_cupy.unavailable_reason() is not None:
         pytest.skip(f"CUDA kernels on the CPU emulator: {emulated_cupy.unavailable_reason()}")
@@ -414,7 +414,7 @@ def test_cli_decode_and_plot_attention(trained, tmp_path, capsys):
 
 
 def test_attention_maps_are_distributions(trained):
-    from reference.train import attention_maps
+    from rosetta.train import attention_maps
 
     _, _, out = trained
     model, _ = load_checkpoint(out / "model.safetensors")

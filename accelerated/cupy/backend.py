@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import reference
+from reference import arrays as reference_arrays
 from reference import decoding as reference_decoding
 from reference.arrays import to_numpy
 from reference.checks import check_array
@@ -141,6 +142,7 @@ def _wrap(func, module_name: str, body):
 def make_namespace(xp, module_name: str = "accelerated.cupy") -> SimpleNamespace:
     """Every name of ``reference.__all__`` for the array module ``xp`` (cupy; numpy in CPU tests)."""
     deriver = Deriver(xp, module_name)
+    _register_erf(xp)
     names = {}
     for name in reference.__all__:
         obj = getattr(reference, name)
@@ -180,6 +182,17 @@ def make_namespace(xp, module_name: str = "accelerated.cupy") -> SimpleNamespace
     missing = set(reference.__all__) - set(names)
     assert not missing, f"make_namespace left out {sorted(missing)}"
     return SimpleNamespace(__all__=list(reference.__all__), deriver=deriver, xp=xp, **names)
+
+
+def _register_erf(xp) -> None:
+    """GELU's erf on xp's arrays: NumPy has none (the reference computes it per element), CuPy's is cupyx's."""
+    if xp is np or xp in reference_arrays.ERF_OF_MODULE:
+        return
+    try:
+        import cupyx.scipy.special
+    except ImportError:  # a stand-in cupy (the CPU emulator) computes on NumPy arrays: the reference's erf
+        return
+    reference_arrays.ERF_OF_MODULE[xp] = cupyx.scipy.special.erf
 
 
 def _to_xp(builder, xp, *args, **kwargs):

@@ -12,9 +12,9 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from .arrays import resolve_dtype, to_numpy
-from .checks import describe
-from .transformer import Transformer
+from reference.arrays import resolve_dtype, to_numpy
+from reference.checks import describe
+from reference.transformer import Transformer
 
 FORMAT = "rosetta-transformer-checkpoint"
 VERSION = "1"

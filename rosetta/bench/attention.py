@@ -227,7 +227,7 @@ def run(seq_lens=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 128), dtyp
                             results.append(row)
     any_gpu = any(available[i] is None for i in implementations if i != "numpy-reference")
     return common.record(
-        "attention", "python -m accelerated.bench attention", "gpu" if any_gpu else "cpu",
+        "attention", "python -m rosetta.bench attention", "gpu" if any_gpu else "cpu",
         {"seq_lens": list(seq_lens), "head_dims": list(head_dims), "dtypes": list(dtypes), "causal": list(causal),
          "passes": list(passes), "batch_heads": batch_heads, "numpy_max_n": numpy_max_n,
          "numpy_batch_heads": numpy_batch_heads, "warmup": warmup, "reps": reps,

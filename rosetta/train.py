@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import check_choice, describe
+from reference.checks import check_choice, describe
 from .tasks import BOS, EOS, PAD, TASKS, SyntheticTask
 
 #: presets of the training config; "small" is the default, sized for a 2-core CPU (see docs/training.md)

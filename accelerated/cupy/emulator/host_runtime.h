@@ -15,7 +15,7 @@
 //     different __syncthreads of the source (a divergent barrier), a full-mask warp collective with
 //     an exited lane or in a partial warp, lanes of one warp at different collectives, deadlock.
 // Not modelled: memory-model effects (every write is seen at once), real concurrency between
-// blocks, timing. See parity_tests/cuda_emulation/__init__.py for the launcher.
+// blocks, timing. See host.py beside this file for the launcher.
 #pragma once
 
 #ifndef ROSETTA_HOST_EMULATION

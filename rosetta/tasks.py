@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_choice, check_positive_int, describe
+from reference.checks import check_choice, check_positive_int, describe
 
 PAD, BOS, EOS = 0, 1, 2  # special ids, shared by source and target vocabularies
 FIRST_SYMBOL = 3  # symbol k (k = 0, 1, ...) has id FIRST_SYMBOL + k

@@ -195,7 +195,7 @@ def run(config: str = "base", warmup: int = 5, reps: int = 20, rows=ROWS) -> dic
                      and (r["precision"], r["compiled"]) == (row["precision"], row["compiled"])), None)
         row["ratio_to_baseline"] = base["median_ms"] / row["median_ms"] if base and row.get("median_ms") else None
     return common.record(
-        "training", f"python -m accelerated.bench training --config {config}", "gpu" if device == "cuda" else "cpu",
+        "training", f"python -m rosetta.bench training --config {config}", "gpu" if device == "cuda" else "cpu",
         {"config": config, **cfg, "warmup": warmup, "reps": reps, "model_flops": flops,
          "mfu_formula": "MFU = (6·(P_enc·B·S + P_dec·B·T) + 12·B·d·(L_enc·S² + L_dec·(T²+T·S))) / step time / peak",
          "fp32": "TF32 matmuls enabled for torch and CuPy (peak 494 TFLOP/s on H100)",

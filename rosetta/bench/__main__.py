@@ -1,4 +1,4 @@
-"""``python -m accelerated.bench {attention,training,cpu,dispatch} [options]`` (also ``rosetta bench ...``)."""
+"""``python -m rosetta.bench {attention,training,cpu,dispatch} [options]`` (also ``rosetta bench ...``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _ints(text: str) -> tuple:
 
 
 def build_parser(parser=None):
-    parser = parser or argparse.ArgumentParser(prog="python -m accelerated.bench",
+    parser = parser or argparse.ArgumentParser(prog="python -m rosetta.bench",
                                                description="Rosetta Transformer benchmarks (table + JSON + PNG)")
     sub = parser.add_subparsers(dest="suite", required=True)
     att = sub.add_parser("attention", help="attention kernels: TFLOP/s and peak memory against N (GPU)")
@@ -24,7 +24,7 @@ def build_parser(parser=None):
     att.add_argument("--causal", default="both", choices=("both", "yes", "no"))
     att.add_argument("--passes", default="forward,forward+backward")
     att.add_argument("--batch-heads", type=int, default=128, help="B·H (default 128)")
-    att.add_argument("--implementations", default=",".join(__import__("accelerated.bench.attention",
+    att.add_argument("--implementations", default=",".join(__import__("rosetta.bench.attention",
                                                                       fromlist=["x"]).IMPLEMENTATIONS))
     att.add_argument("--numpy-max-n", type=int, default=1024, help="largest N for the NumPy reference")
     att.add_argument("--numpy-batch-heads", type=int, default=8, help="B·H for the NumPy reference (CPU)")
@@ -37,7 +37,7 @@ def build_parser(parser=None):
     tr.add_argument("--compiled", default="both", choices=("both", "no", "yes"),
                     help="rows with torch.compile, without, or both (default; writes training_<config>[_eager|_compiled])")
     cpu = sub.add_parser("cpu", help="NumPy reference vs accelerated.torch training step on the CPU")
-    cpu.add_argument("--preset", default="small", help="training preset of reference/train.py (default small)")
+    cpu.add_argument("--preset", default="small", help="training preset of rosetta/train.py (default small)")
     cpu.add_argument("--batch-size", type=int, help="override the preset's batch size")
     cpu.add_argument("--steps", type=int, default=30, help="timed steps per backend and thread setting")
     cpu.add_argument("--warmup", type=int, default=5)
@@ -78,7 +78,7 @@ def run(args) -> int:
         threads = tuple(None if t == "default" else int(t) for t in args.threads.split(","))
         document = suite.run(args.steps, args.warmup, args.preset, args.batch_size, threads,
                              profile=not args.no_profile)
-    document["command"] = "python -m accelerated.bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else document["command"]
+    document["command"] = "python -m rosetta.bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else document["command"]
     print(suite.report(document))
     out.mkdir(parents=True, exist_ok=True)
     name = args.suite

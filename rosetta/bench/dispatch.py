@@ -95,7 +95,7 @@ def _model_and_batch(backend, cfg):
 
 
 def cupy_emulated_row(cfg: dict) -> dict:
-    """accelerated.cupy's training step (fp32) on the CUDA host emulator of parity_tests/: the array
+    """accelerated.cupy's training step (fp32) on the CUDA host emulator (accelerated/cupy/emulator/): the array
     operations it makes (each one or a few kernels on a GPU) plus the fused kernels it launches.
 
     The heads are 32 wide (the flash kernel's smallest head size: d_model / 32 heads); the number of
@@ -103,11 +103,8 @@ def cupy_emulated_row(cfg: dict) -> dict:
     """
     label = "accelerated.cupy fp32 (host emulator)"
     row = {"backend": "accelerated.cupy", "precision": "fp32", "label": label, "status": "ok"}
-    try:
-        from parity_tests import emulated_cupy
-    except ImportError as error:
-        row["status"] = f"skipped: needs the repository's parity_tests (the CUDA host emulator): {error}"
-        return row
+    from accelerated import cupy_emulator as emulated_cupy
+
     reason = emulated_cupy.unavailable_reason()
     if reason is not None:
         row["status"] = f"skipped: {reason}"
@@ -171,7 +168,7 @@ def run(warmup: int = 3, reps: int = 30, compile_check: bool = True, cfg: dict =
         row["kernels_vs_baseline"] = row["kernels"] / base["kernels"] if row.get("kernels") else None
         row["cpu_time_vs_baseline"] = row["median_ms"] / base["median_ms"] if row.get("median_ms") else None
     return common.record(
-        "dispatch", "python -m accelerated.bench dispatch", "cpu",
+        "dispatch", "python -m rosetta.bench dispatch", "cpu",
         {**cfg, "warmup": warmup, "reps": reps, "threads": 1,
          "kernels": "aten operations other than views and metadata (METADATA_OPS), per training step",
          "ratios": "row / torch.nn.Transformer at the same precision (< 1: fewer, faster)"},

@@ -1,4 +1,4 @@
-"""The ``rosetta`` command line (also ``python -m reference``)."""
+"""The ``rosetta`` command line (also ``python -m rosetta``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 
 def _gradcheck(args) -> int:
-    from .gradcheck_suite import TOLERANCE, run_suite
+    from reference.gradcheck_suite import TOLERANCE, run_suite
 
     print(f"Gradient check of every layer: float64 central differences, tolerance {TOLERANCE:.0e}")
     print(f"{'layer':<52} {'tensors':>7} {'entries':>7} {'worst rel err':>13} {'time':>7}  result")
@@ -42,7 +42,7 @@ def _info(args) -> int:
 
 
 def _bench(args) -> int:
-    from accelerated.bench.__main__ import main as bench_main
+    from rosetta.bench.__main__ import main as bench_main
 
     return bench_main(args.bench_args)
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="backends, devices and versions")
     info.set_defaults(run=_info)
     add_training_commands(sub)  # train, decode, plot-attention
-    bench = sub.add_parser("bench", help="benchmarks (python -m accelerated.bench): attention, training, cpu, dispatch",
+    bench = sub.add_parser("bench", help="benchmarks (python -m rosetta.bench): attention, training, cpu, dispatch",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)

@@ -38,8 +38,8 @@ import re
 
 import numpy as np
 
-from .arrays import to_numpy
-from .checks import check_choice, describe
+from reference.arrays import to_numpy
+from reference.checks import check_choice, describe
 
 #: the kinds of torch module the converters know, as ``from_torch_state_dict(kind=...)`` names them
 KINDS = ("multihead_attention", "encoder_layer", "decoder_layer", "encoder", "decoder", "transformer")

@@ -1,4 +1,4 @@
-"""Rosetta Transformer benchmarks: ``python -m accelerated.bench {attention,training,cpu}`` (also ``rosetta bench``).
+"""Rosetta Transformer benchmarks: ``python -m rosetta.bench {attention,training,cpu}`` (also ``rosetta bench``).
 
 Benchmarks are scripts, never timed tests (SPEC, "Speed"). Every run prints a table and writes
 ``<suite>.json`` (device, versions, date, every figure) and a PNG plot to ``--out``

@@ -1,5 +1,5 @@
 """The CuPy backend on the CPU: a stand-in ``cupy`` module whose arrays are NumPy's and whose
-RawModule runs the project's CUDA kernels in the host emulator (parity_tests/cuda_emulation).
+RawModule runs the project's CUDA kernels in the host emulator (host.py beside this file).
 
 With it the real accelerated.cupy code (backend.py, the mixins' fused routes, the launchers'
 argument packing and grids, and the kernels themselves) runs end to end without a GPU:
@@ -8,7 +8,7 @@ argument packing and grids, and the kernels themselves) runs end to end without 
         y = rt.LayerNorm(8)(rt.asarray(x, dtype="float32"))
 
 What it cannot show: speed, real concurrency between blocks, and the GPU memory model (see
-cuda_emulation's docstring). bfloat16 needs ml_dtypes in NumPy, so the stand-in offers float32
+host.py's docstring). bfloat16 needs ml_dtypes in NumPy, so the stand-in offers float32
 and float16 (the kernels' bf16 paths are checked directly in test_kernels_emulated.py).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import importlib
 import sys
 import tempfile
 import types
@@ -25,16 +26,16 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from parity_tests import cuda_emulation
+from . import host
 
 #: kernel name -> launches so far: tests read it to prove a fused route really ran
 LAUNCHES = collections.Counter()
-PACKAGE = "_rosetta_cupy_files"  # accelerated/cupy's files imported without its GPU check (test_cupy_backend)
+PACKAGE = __name__.rsplit(".", 2)[0]  # the name accelerated/cupy's files are loaded under (see accelerated/cupy_emulator.py)
 
 
 def unavailable_reason() -> str | None:
     """Why the emulator cannot run here, or None."""
-    return cuda_emulation.unavailable_reason()
+    return host.unavailable_reason()
 
 
 class RawModule:
@@ -52,7 +53,7 @@ class RawModule:
             if not path.exists():
                 path.write_text(self.code)
             includes = [option[2:] for option in self.options if option.startswith("-I")]  # NVRTC's, e.g. kernels/
-            self._module = cuda_emulation.EmulatedModule(path, includes)
+            self._module = host.EmulatedModule(path, includes)
         return self._module
 
     def get_function(self, name: str):
@@ -115,15 +116,11 @@ _NAMESPACE = None
 def emulated_cupy():
     """The CuPy backend's namespace over the stand-in; ``import cupy`` sees the stand-in meanwhile."""
     global _NAMESPACE
-    from parity_tests.test_cupy_backend import (
-        load_backend,  # backend.py without the package's GPU check
-    )
-
     fake = sys.modules.get("_rosetta_emulated_cupy") or make_module()
     sys.modules["_rosetta_emulated_cupy"] = fake
     saved = sys.modules.get("cupy")
     sys.modules["cupy"] = fake  # the launchers import cupy when they run
-    backend = load_backend()
+    backend = importlib.import_module(f"{PACKAGE}.backend")  # backend.py without the package's GPU check
     launchers = [__import__(f"{PACKAGE}.{name}", fromlist=["device_pointer"])
                  for name in ("flash_attention_kernels", "fused_kernels")]
     pointers = [module.device_pointer for module in launchers]
@@ -131,7 +128,7 @@ def emulated_cupy():
         module.device_pointer = _host_pointer  # NumPy arrays: the host address
     try:
         if _NAMESPACE is None:
-            _NAMESPACE = backend.make_namespace(fake, "parity_tests.emulated_cupy_namespace")
+            _NAMESPACE = backend.make_namespace(fake, "accelerated.cupy (emulated)")
         yield _NAMESPACE
     finally:
         for module, pointer in zip(launchers, pointers):
@@ -208,7 +205,7 @@ def _count(name: str) -> None:
     frame = sys._getframe(2)
     while frame is not None and (frame.f_code.co_filename.startswith(np.__path__[0]) or frame.f_code.co_filename == __file__):
         frame = frame.f_back
-    if frame is None or "cuda_emulation" not in frame.f_code.co_filename:
+    if frame is None or frame.f_code.co_filename != host.__file__:
         OPERATIONS[name] += 1
 
 

@@ -1,6 +1,6 @@
 """`cpu`: one training step of the NumPy reference vs accelerated.torch on the CPU, side by side.
 
-The configuration is reference/train.py's ``small`` preset (the default training run): d_model 64,
+The configuration is rosetta/train.py's ``small`` preset (the default training run): d_model 64,
 4 heads, d_ff 128, 2+2 layers, batch 64, sequences of 10–14 symbols. A step is forward, label-
 smoothed cross-entropy, backward (``model.backward(loss_fn.backward()[0])``, the training loop's
 protocol on both backends) and AdamW; both models start from the same seed and see the same
@@ -41,8 +41,8 @@ def _threads(backend: str, threads):
 
 def make_step(backend: str, config: dict, batches: list):
     """(step function, parameter count) of one backend: each call trains on the next batch."""
-    from reference.tasks import PAD
-    from reference.train import load_backend, model_config
+    from rosetta.tasks import PAD
+    from rosetta.train import load_backend, model_config
 
     rt = load_backend(backend)
     vocab = config["vocab_size"]
@@ -69,7 +69,7 @@ def make_step(backend: str, config: dict, batches: list):
 
 
 def cpu_config(preset: str = "small", batch_size=None) -> dict:
-    from reference.train import parse_overrides
+    from rosetta.train import parse_overrides
 
     config = parse_overrides([preset])
     if batch_size is not None:
@@ -80,7 +80,7 @@ def cpu_config(preset: str = "small", batch_size=None) -> dict:
 def run(steps: int = 30, warmup: int = 5, preset: str = "small", batch_size=None, thread_settings=(1, None),
         profile: bool = True, num_batches: int = 8) -> dict:
     """Measure both backends at each thread setting; returns the JSON document (not yet written)."""
-    from reference.train import make_task_from_config
+    from rosetta.train import make_task_from_config
 
     config = cpu_config(preset, batch_size)
     task = make_task_from_config(config)
@@ -108,7 +108,7 @@ def run(steps: int = 30, warmup: int = 5, preset: str = "small", batch_size=None
             row["ratio_reference_over_torch"] = ratio
             row["meets_target"] = ratio <= TARGET_RATIO
     document = common.record(
-        "cpu", "python -m accelerated.bench cpu", "cpu",
+        "cpu", "python -m rosetta.bench cpu", "cpu",
         {"preset": preset, "batch_size": config["batch_size"], "d_model": config["d_model"],
          "num_heads": config["num_heads"], "d_ff": config["d_ff"],
          "num_encoder_layers": config["num_encoder_layers"], "num_decoder_layers": config["num_decoder_layers"],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -33,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 HEADER = Path(__file__).with_name("host_runtime.h")
-ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-DROSETTA_HOST_EMULATION")
 CACHE_DIR = Path(tempfile.gettempdir()) / "rosetta_cuda_emulation"
 SCHEDULES = {"lowest_first": 0, "highest_first": 1, "random": 2}
@@ -56,14 +54,10 @@ class EmulationError(RuntimeError):
 
 
 def _nvrtc():
-    """accelerated/cupy/nvrtc.py by path: the package's __init__ needs a GPU, this file does not."""
-    name = "rosetta_nvrtc"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "accelerated" / "cupy" / "nvrtc.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """accelerated/cupy/nvrtc.py: how the launchers find NVRTC and the CUDA headers."""
+    from .. import nvrtc
+
+    return nvrtc
 
 
 def cuda_include_dir() -> Path | None:
