@@ -1,7 +1,15 @@
-"""Checkpoints: a Transformer's parameters as safetensors, its config as JSON in the file's metadata."""
+"""Checkpoints: a Transformer's parameters as safetensors, its config as JSON in the file's metadata.
+
+Integrity: the metadata carries a SHA-256 digest of the config and of every tensor (name, dtype,
+shape, bytes); ``load_checkpoint`` recomputes it and refuses a file whose content changed (a
+flipped byte in a weight, an edited config). Writing is atomic and durable: a temporary file
+beside the destination, fsynced, renamed over it, then the folder fsynced; the file gets the
+mode a new file of the user gets (0666 less the umask), not mkstemp's 0600.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -17,7 +25,7 @@ from reference.checks import describe
 from reference.transformer import Transformer
 
 FORMAT = "rosetta-transformer-checkpoint"
-VERSION = "1"
+VERSION = "2"  # 2: with the "sha256" digest
 #: the Transformer arguments a checkpoint's config["model"] may hold (src/tgt vocabulary sizes are required)
 MODEL_KEYS = ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "d_ff", "num_encoder_layers",
               "num_decoder_layers", "dropout", "activation", "norm_first", "layer_norm_eps", "bias", "max_len",
@@ -70,8 +78,9 @@ def save_checkpoint(path, model, config: dict) -> Path:
     expected = build_model(config).state_dict()  # what load_checkpoint will build
     tensors = {name: np.ascontiguousarray(to_numpy(value)) for name, value in model.state_dict().items()}
     _check_tensors(tensors, expected, where="model")
-    metadata = {"format": FORMAT, "version": VERSION, "model_class": "Transformer",
-                "config": json.dumps(config, sort_keys=True)}
+    config_text = json.dumps(config, sort_keys=True)
+    metadata = {"format": FORMAT, "version": VERSION, "model_class": "Transformer", "config": config_text,
+                "sha256": content_digest(config_text, tensors)}
     data = safetensors.numpy.save(tensors, metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -79,20 +88,54 @@ def save_checkpoint(path, model, config: dict) -> Path:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
+            os.chmod(temporary, _new_file_mode())  # mkstemp's 0600 → the user's usual mode
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)  # the rename itself reaches the disk
     return path
+
+
+def content_digest(config_text: str, tensors: dict) -> str:
+    """SHA-256 (hex) of the config's JSON and of every tensor: name, dtype, shape and bytes, by name."""
+    digest = hashlib.sha256()
+    digest.update(config_text.encode())
+    for name in sorted(tensors):
+        tensor = np.ascontiguousarray(tensors[name])
+        digest.update(f"\0{name}\0{tensor.dtype.str}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.tobytes())
+    return digest.hexdigest()
+
+
+def _new_file_mode() -> int:
+    """0666 less the process's umask: the mode open() would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk, where the platform allows opening a folder."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a folder; its rename is already durable enough
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder
+    finally:
+        os.close(handle)
 
 
 def load_checkpoint(path):
     """(model, config) from a checkpoint written by save_checkpoint; every check runs first.
 
     Raises ValueError naming the file when it is not a complete safetensors file, is not a
-    Rosetta checkpoint, or when its tensors' names, shapes or dtypes differ from the model its
-    config describes.
+    Rosetta checkpoint, when its tensors' names, shapes or dtypes differ from the model its
+    config describes, or when its content no longer matches the digest it was written with.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,6 +162,12 @@ def load_checkpoint(path):
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error type
         raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file: {error}") from None
     _check_tensors(tensors, model.state_dict(), where=f"checkpoint {str(path)!r}")
+    stored = metadata.get("sha256")
+    if stored != content_digest(metadata["config"], tensors):
+        raise ValueError(
+            f"checkpoint {str(path)!r} is corrupt: the SHA-256 of its config and tensors does not match the digest "
+            f"it was written with (got {str(stored)[:16]!r}...); it was changed after it was saved"
+        )
     model.load_state_dict(tensors)
     model.eval()
     return model, config
