@@ -68,6 +68,9 @@ def main(argv=None) -> int:
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" is the bench suites' own (their --help included)
+        return _bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser.parse_args(argv)
     if getattr(args, "max_entries", None) == 0:
         args.max_entries = None
