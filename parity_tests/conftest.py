@@ -1,16 +1,20 @@
-"""Hypothesis profiles, chosen with the environment variable ROSETTA_PROFILE (default: ci).
+"""Loads the hypothesis profile named by the environment variable ROSETTA_PROFILE (default: ci).
 
 dev       few random examples, for quick edits
 ci        derandomized (the same examples every run) and bounded, so the suite stays within minutes
 thorough  many random examples, for a long run before a release
+
+The profiles, and the shares of them that costly tests ask for, are defined in
+parity_tests/strategies.py (PROFILE_EXAMPLES, examples(share)).
 """
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("dev", max_examples=5, **_common)
-settings.register_profile("ci", max_examples=20, derandomize=True, print_blob=True, **_common)
-settings.register_profile("thorough", max_examples=300, **_common)
-settings.load_profile(os.environ.get("ROSETTA_PROFILE", "ci"))
+from parity_tests.strategies import PROFILE_EXAMPLES
+
+_profile = os.environ.get("ROSETTA_PROFILE", "ci")
+if _profile not in PROFILE_EXAMPLES:
+    raise ValueError(f"ROSETTA_PROFILE={_profile!r} is not one of {sorted(PROFILE_EXAMPLES)}")
+settings.load_profile(_profile)

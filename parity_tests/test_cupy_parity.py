@@ -22,6 +22,7 @@ from accelerated import cupy_emulator as emulated_cupy
 from parity_tests.backends import BACKENDS, backend_dtype_params, round_to
 from parity_tests.tolerances import (
     ERROR_FLOOR,
+    FLOAT16_UNIT,
     FORWARD_TOL,
     GRADIENT_SCALE_FLOOR,
     GRADIENT_TOL,
@@ -262,7 +263,7 @@ def test_emulated_float16_adamw_state_dict_keeps_float32_moments():
             step(rt, resumed, second)
         for a, b in zip(straight.parameters(), resumed.parameters()):
             np.testing.assert_allclose(rt.to_numpy(b.data).astype(np.float64), rt.to_numpy(a.data).astype(np.float64),
-                                       rtol=2.0**-10, atol=0)
+                                       rtol=FLOAT16_UNIT, atol=0)
 
 
 #: bfloat16 on the stand-in (ml_dtypes' bfloat16, the dtype CuPy uses): the cases that never feed one

@@ -4,11 +4,11 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from parity_tests.strategies import normal, seeds
-from parity_tests.tolerances import assert_close
+from parity_tests.strategies import examples, normal, seeds
+from parity_tests.tolerances import CLOSED_FORM, assert_close
 from reference.decoding import _pick, beam_search, generate, gnmt_length_penalty, greedy_decode
 from reference.encoder import Encoder
 from reference.kv_cache import KVCache
@@ -59,7 +59,7 @@ def log_prob_score(model, src, tokens, alpha, src_key_padding_mask=None):
 # ---- the cache reproduces the full forward ------------------------------------------------------------------
 
 
-@settings(max_examples=8)
+@examples(0.4)
 @given(st.booleans(), st.booleans(), st.integers(1, 4), st.booleans(), seeds)
 def test_transformer_cached_logits_equal_full_forward(norm_first, tie, first, padded, seed):
     model = tiny_transformer(seed, norm_first=norm_first, tie_embeddings=tie)
@@ -75,7 +75,7 @@ def test_transformer_cached_logits_equal_full_forward(norm_first, tie, first, pa
     assert cache.length == 6
 
 
-@settings(max_examples=10)
+@examples(0.5)
 @given(st.sampled_from(["learned", "sinusoidal", "llama"]), st.sampled_from([1, 2]), st.integers(1, 4), seeds)
 def test_lm_cached_logits_equal_full_forward(kind, num_kv_heads, first, seed):
     model = tiny_lm(kind, seed, num_kv_heads)
@@ -98,7 +98,7 @@ def test_lm_cached_key_padding_mask_covers_cached_keys():
                      f"step {t}")
 
 
-@settings(max_examples=8)
+@examples(0.4)
 @given(st.sampled_from([("window", 2), ("window", 3), ("block_size", 2), ("block_size", 3)]), st.booleans(),
        st.integers(1, 3), seeds)
 def test_encoder_cached_window_and_block_masks(option, rotary, first, seed):
@@ -112,7 +112,7 @@ def test_encoder_cached_window_and_block_masks(option, rotary, first, seed):
         assert_close(stack(ids[:, start:end], is_causal=True, cache=cache), full[:, start:end], F64, f"{name}")
 
 
-@settings(max_examples=6)
+@examples(0.3)
 @given(st.booleans(), seeds)
 def test_cross_attention_projects_memory_once(rotary, seed):
     mha = MultiHeadAttention(D, HEADS, num_kv_heads=1, rotary=rotary, seed=seed, dtype=F64)
@@ -141,7 +141,7 @@ def test_cache_reorder_and_length():
 # ---- greedy decoding ------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=8)
+@examples(0.4)
 @given(st.booleans(), st.booleans(), seeds)
 def test_greedy_cached_equals_uncached(norm_first, padded, seed):
     model = tiny_transformer(seed, norm_first=norm_first)
@@ -158,7 +158,7 @@ def test_greedy_cached_equals_uncached(norm_first, padded, seed):
     np.testing.assert_array_equal(np.where(alive, logits.argmax(-1), EOS), cached[:, 1:])
 
 
-@settings(max_examples=8)
+@examples(0.4)
 @given(st.sampled_from(["learned", "sinusoidal", "llama"]), st.integers(1, 3), seeds)
 def test_lm_greedy_cached_equals_uncached(kind, prompt_len, seed):
     model = tiny_lm(kind, seed)
@@ -210,7 +210,7 @@ def test_decoding_runs_in_eval_mode_and_restores_it():
 # ---- beam search --------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=8)
+@examples(0.4)
 @given(st.floats(0.0, 1.5), st.booleans(), seeds)
 def test_beam_size_one_is_greedy(alpha, padded, seed):
     model = tiny_transformer(seed)
@@ -224,7 +224,7 @@ def test_beam_size_one_is_greedy(alpha, padded, seed):
     assert (tokens[:, 0, greedy.shape[1]:] == EOS).all()
 
 
-@settings(max_examples=8)
+@examples(0.4)
 @given(st.integers(2, 5), st.floats(0.0, 1.5), seeds)
 def test_beam_scores_are_sorted_and_match_the_tokens(beam_size, alpha, seed):
     model = tiny_transformer(seed)
@@ -252,7 +252,7 @@ def all_hypotheses(vocab, steps):
     return sorted(set(out))
 
 
-@settings(max_examples=5)
+@examples(0.25)
 @given(st.floats(0.0, 1.5), seeds)
 def test_exhaustive_beam_finds_the_best_sequence(alpha, seed):
     """A beam as wide as the number of hypotheses is exact search: it must beat (or tie) greedy."""
@@ -265,9 +265,9 @@ def test_exhaustive_beam_finds_the_best_sequence(alpha, seed):
     assert_close(scores[0], exact, F64, "exhaustive beam scores")
     greedy = greedy_decode(model, src, steps + 1, BOS, EOS)
     greedy_score = log_prob_score(model, src, greedy, alpha)[0]
-    assert scores[0, 0] >= greedy_score - 1e-12
+    assert scores[0, 0] >= greedy_score - CLOSED_FORM
     _, narrow_scores = beam_search(model, src, steps + 1, BOS, EOS, beam_size=2, length_penalty=alpha)
-    assert narrow_scores[0, 0] <= scores[0, 0] + 1e-12
+    assert narrow_scores[0, 0] <= scores[0, 0] + CLOSED_FORM
 
 
 def test_beam_search_fills_missing_hypotheses_with_minus_inf():
@@ -280,7 +280,7 @@ def test_beam_search_fills_missing_hypotheses_with_minus_inf():
 # ---- sampling -------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=8)
+@examples(0.4)
 @given(st.sampled_from(["learned", "sinusoidal", "llama"]), st.sampled_from([0.5, 1.0, 2.0]),
        st.sampled_from([None, 2, 5]), seeds)
 def test_sampling_is_reproducible_and_cache_independent(kind, temperature, top_k, seed):
@@ -293,7 +293,7 @@ def test_sampling_is_reproducible_and_cache_independent(kind, temperature, top_k
     assert first.dtype == np.int64 and first.shape == (3, 8)
 
 
-@settings(max_examples=6)
+@examples(0.3)
 @given(st.sampled_from(["learned", "llama"]), st.sampled_from([0.3, 1.0, 3.0]), seeds)
 def test_top_k_one_is_greedy(kind, temperature, seed):
     model = tiny_lm(kind, seed)

@@ -11,7 +11,7 @@ from reference.activations import GELU, ReLU, SiLU
 from reference.feed_forward import FeedForward
 from reference.gradcheck import gradcheck
 from parity_tests.strategies import normal, seeds
-from parity_tests.tolerances import GRADCHECK_TOL, assert_close
+from parity_tests.tolerances import CLOSED_FORM, GRADCHECK_TOL, assert_close
 
 PLAIN = ["relu", "gelu", "gelu_tanh", "silu"]
 GATED = ["swiglu", "geglu"]
@@ -64,7 +64,7 @@ def test_forward_matches_the_closed_form_in_eval(activation, config, param_seed,
     x = normal(data_seed, lead + (d_model,))
     y = m(x)
     assert y.shape == x.shape
-    np.testing.assert_allclose(y, closed_form(m, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, closed_form(m, x), rtol=CLOSED_FORM, atol=CLOSED_FORM)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -100,7 +100,7 @@ def test_dropout_is_active_in_training_and_repeatable_after_manual_seed():
     m.dropout.manual_seed(7)
     np.testing.assert_array_equal(m(x), first)
     eval_output = m.eval()(x)
-    np.testing.assert_allclose(eval_output, closed_form(m, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(eval_output, closed_form(m, x), rtol=CLOSED_FORM, atol=CLOSED_FORM)
     assert not np.allclose(first, eval_output)
 
 
@@ -156,7 +156,7 @@ def test_gated_input_gradient_sums_both_branches():
     s = 1 / (1 + np.exp(-h))
     dm = dy @ m.linear2.weight.data
     dh = dm * m.linear3.bias.data * s * (1 + h * (1 - s))
-    np.testing.assert_allclose(dx, dh @ m.linear1.weight.data, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dh @ m.linear1.weight.data, rtol=CLOSED_FORM, atol=CLOSED_FORM)
 
 
 # ---- bad input ---------------------------------------------------------------------------

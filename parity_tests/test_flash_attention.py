@@ -6,14 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity_tests.strategies import normal, seeds
-from parity_tests.tolerances import (ERROR_FLOOR, GRADCHECK_TOL, GRADIENT_SCALE_FLOOR, GRADIENT_TOL, assert_close,
+from parity_tests.tolerances import (CLOSED_FORM, ERROR_FLOOR, GRADCHECK_TOL, GRADIENT_SCALE_FLOOR, GRADIENT_TOL,
+                                     assert_close,
                                      relative_error)
 from reference.attention import ScaledDotProductAttention
 from reference.flash_attention import FlashAttention, flash_attention_backward, flash_attention_forward
 from reference.gradcheck import gradcheck
 
 # float64 flash and plain attention differ only in the order of the same roundings
-FLOAT64_TOL = 1e-12
 # block sizes: 1, sizes that do not divide the sequences, the default, larger than any sequence
 BLOCKS = [1, 2, 3, 4, 5, 16, 64]
 
@@ -102,18 +102,18 @@ def test_float64_equals_plain_attention(c, seed):
     ref_out, ref_grads = plain_attention(q, k, v, g, **kwargs)
 
     assert out.dtype == lse.dtype == np.float64 and out.shape == ref_out.shape
-    assert relative_error(out, ref_out) <= FLOAT64_TOL
+    assert relative_error(out, ref_out) <= CLOSED_FORM
     floor = gradient_floor(ref_grads)
     for name, a, b in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert a.shape == b.shape and a.dtype == np.float64
-        assert relative_error(a, b, floor) <= FLOAT64_TOL, name
+        assert relative_error(a, b, floor) <= CLOSED_FORM, name
 
     allowed = allowed_entries(c, kwargs["key_padding_mask"])  # (B, 1, L, S)
     dead = np.broadcast_to(~allowed.any(-1), lse.shape)  # (B, H, L)
     expected_lse = plain_lse(q, k, c["scale"], allowed)
     assert np.all(np.isneginf(lse[dead])), "a fully masked row must have lse = -inf"
     assert np.all(np.isfinite(lse[~dead]))
-    assert relative_error(lse[~dead], expected_lse[~dead]) <= FLOAT64_TOL
+    assert relative_error(lse[~dead], expected_lse[~dead]) <= CLOSED_FORM
     assert np.all(out[dead] == 0.0) and np.all(grads[0][dead] == 0.0), "fully masked rows: output and dq exactly 0"
     assert all(np.all(np.isfinite(x)) for x in (out, *grads))
     if c["padding"] == "dead_batch":

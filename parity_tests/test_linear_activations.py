@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity_tests.strategies import normal, seeds
-from parity_tests.tolerances import GRADCHECK_TOL, assert_close
+from parity_tests.tolerances import CLOSED_FORM, FEW_ROUNDINGS, GRADCHECK_TOL, QUOTED_VALUE, SHORT_CHAIN, assert_close
 from reference.activations import GELU, ReLU, SiLU
 from reference.gradcheck import gradcheck
 from reference.linear import Linear
@@ -33,7 +33,7 @@ def test_linear_float32_forward_agrees_with_float64(lead, n_in, n_out, seed):
 def test_linear_matches_the_formula():
     layer = Linear(3, 2, seed=0, dtype=np.float64)
     x = np.arange(6.0).reshape(2, 3)
-    np.testing.assert_allclose(layer(x), x @ layer.weight.data.T + layer.bias.data)
+    np.testing.assert_allclose(layer(x), x @ layer.weight.data.T + layer.bias.data, rtol=SHORT_CHAIN)
     assert layer.weight.shape == (2, 3)
     assert np.all(np.abs(layer.weight.data) <= 1 / np.sqrt(3))
 
@@ -52,11 +52,11 @@ def test_activation_gradients_and_float32(make, shape, seed):
 
 def test_activation_known_values():
     x = np.array([-2.0, 0.0, 1.0])
-    np.testing.assert_allclose(ReLU()(x), [0, 0, 1])
-    np.testing.assert_allclose(GELU()(x), [-2 * 0.022750131948179, 0.0, 0.841344746068543], rtol=1e-12)
+    np.testing.assert_allclose(ReLU()(x), [0, 0, 1], rtol=FEW_ROUNDINGS)
+    np.testing.assert_allclose(GELU()(x), [-2 * 0.022750131948179, 0.0, 0.841344746068543], rtol=CLOSED_FORM)
     np.testing.assert_allclose(GELU("tanh")(x), [-0.04540230591222, 0.0, 0.84119199011]
-                               , rtol=1e-9)
-    np.testing.assert_allclose(SiLU()(x), x / (1 + np.exp(-x)), rtol=1e-15)
+                               , rtol=QUOTED_VALUE)
+    np.testing.assert_allclose(SiLU()(x), x / (1 + np.exp(-x)), rtol=FEW_ROUNDINGS)
     assert np.all(np.isfinite(SiLU()(np.array([-1000.0, 1000.0]))))
 
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity_tests.strategies import normal, seeds
-from parity_tests.tolerances import GRADCHECK_TOL, assert_close
+from parity_tests.tolerances import CLOSED_FORM, FEW_ROUNDINGS, GRADCHECK_TOL, REORDERED, SHORT_CHAIN, assert_close
 from reference.gradcheck import gradcheck
 from reference.loss import CrossEntropyLoss
 
@@ -90,8 +90,9 @@ def test_matches_torch_cross_entropy(torch, config, seed):
     )
     theirs.backward(torch.from_numpy(np.reshape(g, theirs.shape)) if reduction == "none" else torch.tensor(g, dtype=torch.float64))
     assert ours.shape == (lead if reduction == "none" else ())
-    np.testing.assert_allclose(ours.reshape(-1), theirs.detach().numpy().reshape(-1), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(dlogits.reshape(-1, num_classes), z.grad.numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ours.reshape(-1), theirs.detach().numpy().reshape(-1), rtol=CLOSED_FORM,
+                               atol=SHORT_CHAIN)
+    np.testing.assert_allclose(dlogits.reshape(-1, num_classes), z.grad.numpy(), rtol=CLOSED_FORM, atol=FEW_ROUNDINGS)
 
 
 def test_all_ignored_gives_zero_loss_and_gradient():
@@ -117,17 +118,17 @@ def test_known_values(num_classes, label_smoothing, seed):
     target = np.random.default_rng(seed).integers(0, num_classes, size=(4,), dtype=np.int64)
     loss = CrossEntropyLoss(label_smoothing=label_smoothing)
     # equal logits: p = 1/V everywhere, so every target distribution q costs log V
-    np.testing.assert_allclose(loss(np.full((4, num_classes), 1.5), target), math.log(num_classes), atol=1e-15)
+    np.testing.assert_allclose(loss(np.full((4, num_classes), 1.5), target), math.log(num_classes), atol=FEW_ROUNDINGS)
     # by the definition, one row at a time
     logits = normal(seed, (4, num_classes), scale=2.0)
     expected = []
     for row, t in zip(logits, target):
         log_p = row - math.log(sum(math.exp(v) for v in row))
         expected.append(-(1 - label_smoothing) * log_p[t] - label_smoothing * float(np.mean(log_p)))
-    np.testing.assert_allclose(loss(logits, target), np.mean(expected), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(loss(logits, target), np.mean(expected), rtol=REORDERED, atol=FEW_ROUNDINGS)
     # the gradient of each row sums to zero (softmax is unchanged by a constant shift)
     dlogits, _ = loss.backward()
-    np.testing.assert_allclose(dlogits.sum(axis=-1), 0.0, atol=1e-15)
+    np.testing.assert_allclose(dlogits.sum(axis=-1), 0.0, atol=FEW_ROUNDINGS)
 
 
 def test_reductions_relate_and_default_grad_output_is_one():
@@ -139,13 +140,13 @@ def test_reductions_relate_and_default_grad_output_is_one():
     assert per_position.shape == (3, 4) and np.all(per_position[target == -100] == 0)
     total = CrossEntropyLoss(reduction="sum", label_smoothing=0.1)
     mean = CrossEntropyLoss(label_smoothing=0.1)
-    np.testing.assert_allclose(total(logits, target), per_position.sum(), rtol=1e-14)
-    np.testing.assert_allclose(mean(logits, target), per_position.sum() / count, rtol=1e-14)
+    np.testing.assert_allclose(total(logits, target), per_position.sum(), rtol=SHORT_CHAIN)
+    np.testing.assert_allclose(mean(logits, target), per_position.sum() / count, rtol=SHORT_CHAIN)
     d_mean, _ = mean.backward()
     np.testing.assert_allclose(d_mean, mean.backward(np.float64(1.0))[0], rtol=0)
     np.testing.assert_allclose(d_mean, mean.backward(np.array(1.0))[0], rtol=0)
-    np.testing.assert_allclose(total.backward(2)[0], 2 * count * d_mean, rtol=1e-13)
-    np.testing.assert_allclose(none.backward(np.ones((3, 4)))[0], total.backward()[0], rtol=1e-14)
+    np.testing.assert_allclose(total.backward(2)[0], 2 * count * d_mean, rtol=REORDERED)
+    np.testing.assert_allclose(none.backward(np.ones((3, 4)))[0], total.backward()[0], rtol=SHORT_CHAIN)
 
 
 def test_extreme_logits_stay_finite():
@@ -156,11 +157,11 @@ def test_extreme_logits_stay_finite():
     dlogits, _ = loss.backward()
     assert np.isfinite(value) and np.all(np.isfinite(dlogits))
     shifted = logits - logits.max(axis=-1, keepdims=True)  # a constant shift changes nothing
-    np.testing.assert_allclose(value, float(loss(shifted, target)), rtol=1e-15)
+    np.testing.assert_allclose(value, float(loss(shifted, target)), rtol=FEW_ROUNDINGS)
     # a -inf logit (a class masked out of the vocabulary) is fine without smoothing
     plain = CrossEntropyLoss()
     value = float(plain(np.array([[0.0, -np.inf, 1.0]]), np.array([2])))
-    np.testing.assert_allclose(value, math.log(1 + math.exp(-1.0)), rtol=1e-15)
+    np.testing.assert_allclose(value, math.log(1 + math.exp(-1.0)), rtol=FEW_ROUNDINGS)
     assert np.all(np.isfinite(plain.backward()[0]))
 
 

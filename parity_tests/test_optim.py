@@ -8,19 +8,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity_tests.strategies import normal, seeds
-from parity_tests.tolerances import relative_error
+from parity_tests.tolerances import (
+    ADAM_STEP_WITHOUT_EPS,
+    CLOSED_FORM,
+    FEW_ROUNDINGS,
+    FLOAT32_ROUNDOFF,
+    SHORT_CHAIN,
+    relative_error,
+)
 from reference.module import Parameter
 from reference.optim import SGD, AdamW, WarmupCosine, WarmupInverseSqrt, clip_grad_norm_
 
 SHAPES = [(3, 4), (5,), (2, 1, 3)]
 STEPS = 10
-# float64 roundoff: the same formulas in (nearly) the same order. Measured relative to each
-# tensor's largest entry (tolerances.relative_error): entry by entry, a weight that happens to
-# pass near 0 would show a large relative error made of nothing but roundoff.
-RTOL = 1e-12
 
 
-def assert_agrees(actual, expected, what, rtol=RTOL):
+def assert_agrees(actual, expected, what, rtol=CLOSED_FORM):
+    """Agreement relative to the tensor's largest entry (tolerances.relative_error): entry by entry, a weight
+    that happens to pass near 0 would show a large relative error made of nothing but roundoff."""
     error = relative_error(actual, expected)
     assert error <= rtol, f"{what}: relative error {error:.2e} > {rtol:.0e}"
     return error
@@ -123,7 +128,7 @@ def test_float32_parameters_stay_float32_and_match_torch(torch, name):
         theirs.step()
     for p, tp in zip(params, tparams):
         assert p.data.dtype == np.float32
-        assert_agrees(p.data, tp.detach().numpy(), "float32 parameter", rtol=1e-6)
+        assert_agrees(p.data, tp.detach().numpy(), "float32 parameter", rtol=FLOAT32_ROUNDOFF)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -241,7 +246,7 @@ def test_clip_grad_norm_matches_torch(torch, norm_type, max_norm, dtype, seed):
     ours = clip_grad_norm_(params + params[:1], max_norm, norm_type)  # a tied parameter listed twice counts once
     theirs = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type)
     assert isinstance(ours, float)
-    rtol = RTOL if dtype == np.float64 else 1e-6
+    rtol = CLOSED_FORM if dtype == np.float64 else FLOAT32_ROUNDOFF
     np.testing.assert_allclose(ours, float(theirs), rtol=rtol)
     for p, tp in zip(params, tparams):
         assert (p.grad is None) == (tp.grad is None)
@@ -256,7 +261,7 @@ def test_clip_grad_norm_rule():
     assert clip_grad_norm_([p, q], 10.0) == 5.0
     np.testing.assert_array_equal(p.grad, [3.0, 0.0])  # under the limit: unchanged
     assert clip_grad_norm_([p, q], 1.0) == 5.0
-    np.testing.assert_allclose(np.sqrt(np.sum(p.grad**2) + np.sum(q.grad**2)), 1.0 * 5 / (5 + 1e-6), rtol=1e-15)
+    np.testing.assert_allclose(np.sqrt(np.sum(p.grad**2) + np.sum(q.grad**2)), 1.0 * 5 / (5 + 1e-6), rtol=FEW_ROUNDINGS)
     assert clip_grad_norm_([Parameter(np.zeros(3))], 1.0) == 0.0  # no gradients at all
     assert clip_grad_norm_(Parameter(np.zeros(3)), 1.0) == 0.0  # a single Parameter is accepted, as torch
 
@@ -266,16 +271,16 @@ def test_sgd_and_adamw_by_hand():
     opt = SGD([p], 0.1, momentum=0.5, weight_decay=0.1)
     p.grad = np.array([1.0, 1.0])
     opt.step()  # d = g + 0.1 θ = (1.1, 0.8); b = d; θ -= 0.1 b
-    np.testing.assert_allclose(p.data, [1.0 - 0.11, -2.0 - 0.08], rtol=1e-15)
+    np.testing.assert_allclose(p.data, [1.0 - 0.11, -2.0 - 0.08], rtol=FEW_ROUNDINGS)
     opt.step()  # d = g + 0.1 θ; b = 0.5 b + d
     d = np.array([1.0, 1.0]) + 0.1 * np.array([0.89, -2.08])
-    np.testing.assert_allclose(p.data, np.array([0.89, -2.08]) - 0.1 * (0.5 * np.array([1.1, 0.8]) + d), rtol=1e-15)
+    np.testing.assert_allclose(p.data, np.array([0.89, -2.08]) - 0.1 * (0.5 * np.array([1.1, 0.8]) + d), rtol=FEW_ROUNDINGS)
 
     p = Parameter(np.array([1.0, -2.0]))
     opt = AdamW([p], lr=0.1, weight_decay=0.0)
     p.grad = np.array([0.3, -4.0])
     opt.step()  # first step: m̂ = g, v̂ = g², so θ moves by lr · g/(|g| + ε) ≈ lr · sign(g)
-    np.testing.assert_allclose(p.data, [0.9, -1.9], rtol=1e-7)
+    np.testing.assert_allclose(p.data, [0.9, -1.9], rtol=ADAM_STEP_WITHOUT_EPS)
 
 
 def test_skips_missing_gradients_and_duplicates_and_zero_grad():
@@ -300,17 +305,17 @@ def test_warmup_inverse_sqrt_closed_form_and_peak(d_model, warmup, factor):
     steps = np.arange(1, 3 * warmup + 2)
     lrs = np.array([schedule.lr_at(int(t)) for t in steps])
     closed = factor * d_model**-0.5 * np.minimum(steps**-0.5, steps * warmup**-1.5)
-    np.testing.assert_allclose(lrs, closed, rtol=1e-14)
+    np.testing.assert_allclose(lrs, closed, rtol=SHORT_CHAIN)
     assert int(steps[np.argmax(lrs)]) == warmup
-    np.testing.assert_allclose(lrs.max(), factor / math.sqrt(d_model * warmup), rtol=1e-14)
+    np.testing.assert_allclose(lrs.max(), factor / math.sqrt(d_model * warmup), rtol=SHORT_CHAIN)
     assert np.all(np.diff(lrs[:warmup]) > 0) and np.all(np.diff(lrs[warmup - 1:]) < 0)
 
 
 def test_paper_schedule_values():
     schedule = WarmupInverseSqrt(512, 4000)
-    assert schedule.lr_at(1) == pytest.approx(512**-0.5 * 4000**-1.5, rel=1e-15)
-    assert schedule.lr_at(4000) == pytest.approx(512**-0.5 * 4000**-0.5, rel=1e-15)  # ≈ 7.0e-4, the peak
-    assert schedule.lr_at(16000) == pytest.approx(schedule.lr_at(4000) / 2, rel=1e-15)
+    assert schedule.lr_at(1) == pytest.approx(512**-0.5 * 4000**-1.5, rel=FEW_ROUNDINGS)
+    assert schedule.lr_at(4000) == pytest.approx(512**-0.5 * 4000**-0.5, rel=FEW_ROUNDINGS)  # ≈ 7.0e-4, the peak
+    assert schedule.lr_at(16000) == pytest.approx(schedule.lr_at(4000) / 2, rel=FEW_ROUNDINGS)
 
 
 @given(st.integers(0, 50), st.integers(1, 100), st.sampled_from([0.0, 1e-5]))
@@ -325,11 +330,11 @@ def test_warmup_cosine_closed_form(warmup, decay, min_lr):
         else:
             expected = min_lr
         # 1 + cos(·) cancels near the end of the decay: compare on the scale of max_lr there
-        assert schedule.lr_at(t) == pytest.approx(expected, rel=1e-14, abs=1e-14 * max_lr)
+        assert schedule.lr_at(t) == pytest.approx(expected, rel=SHORT_CHAIN, abs=SHORT_CHAIN * max_lr)
     lrs = [schedule.lr_at(t) for t in range(1, total + 5)]
     if warmup:
         assert schedule.lr_at(warmup) == max_lr and int(np.argmax(lrs)) + 1 == warmup
-    assert schedule.lr_at(total) == pytest.approx(min_lr, abs=1e-20)
+    assert schedule.lr_at(total) == pytest.approx(min_lr, abs=FEW_ROUNDINGS * max_lr)
 
 
 def test_schedule_drives_the_optimizer():
@@ -341,7 +346,7 @@ def test_schedule_drives_the_optimizer():
     for t in range(1, 8):  # update t moves θ by lr_at(t) (grad 1)
         p.grad = np.ones(1)
         opt.step()
-        assert before - p.data[0] == pytest.approx(schedule.lr_at(t), rel=1e-12)
+        assert before - p.data[0] == pytest.approx(schedule.lr_at(t), rel=CLOSED_FORM)
         before = p.data[0]
         assert schedule.step() == schedule.lr_at(t + 1) == opt.lr
     saved = schedule.state_dict()

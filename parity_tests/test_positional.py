@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from reference.gradcheck import gradcheck
 from reference.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from parity_tests.strategies import normal, seeds
-from parity_tests.tolerances import GRADCHECK_TOL, assert_close
+from parity_tests.tolerances import (
+    CLOSED_FORM,
+    FEW_ROUNDINGS,
+    GRADCHECK_TOL,
+    SHORT_CHAIN,
+    assert_close,
+    assert_sample_mean,
+    assert_sample_std,
+)
 
 KINDS = ["sinusoidal", "learned"]
 
@@ -56,7 +64,7 @@ def test_forward_adds_the_rows_at_the_offset_and_float32_agrees(kind, config, pa
         rows = np.array([[closed_form_sinusoid(t, j, d_model) for j in range(d_model)] for t in positions])
     else:
         rows = m64.weight.data[offset : offset + seq]
-    np.testing.assert_allclose(y - x, np.broadcast_to(rows, x.shape), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(y - x, np.broadcast_to(rows, x.shape), rtol=0, atol=CLOSED_FORM)
     m32 = make_positional(kind, d_model, max_len, param_seed, np.float32)
     y32 = m32(x.astype(np.float32), offset=offset)
     assert y32.dtype == np.float32
@@ -86,7 +94,7 @@ def test_backward_passes_dy_through_and_sums_the_batch_into_the_used_rows(kind, 
         expected = np.zeros((max_len, d_model))
         for b in range(batch):
             expected[offset : offset + seq] += dy[b]
-        np.testing.assert_allclose(m.weight.grad, expected, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(m.weight.grad, expected, rtol=SHORT_CHAIN, atol=SHORT_CHAIN)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -105,15 +113,15 @@ def test_sinusoidal_table_at_a_few_positions_matches_the_formula(d_model):
     assert m.table.shape == (50, d_model) and m.table.dtype == np.float64
     for t in (0, 1, 7, 49):
         expected = [closed_form_sinusoid(t, j, d_model) for j in range(d_model)]
-        np.testing.assert_allclose(m.table[t], expected, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(m.table[t], expected, rtol=0, atol=FEW_ROUNDINGS)
 
 
 def test_sinusoidal_known_values():
     table = SinusoidalPositionalEncoding(4, max_len=3).table
     np.testing.assert_array_equal(table[0], [0.0, 1.0, 0.0, 1.0])  # sin 0, cos 0
-    np.testing.assert_allclose(table[2], [math.sin(2), math.cos(2), math.sin(0.02), math.cos(0.02)], atol=1e-15)
+    np.testing.assert_allclose(table[2], [math.sin(2), math.cos(2), math.sin(0.02), math.cos(0.02)], atol=FEW_ROUNDINGS)
     odd = SinusoidalPositionalEncoding(3, max_len=2).table  # frequencies 1 and 10000^(−2/3); the last has no cosine
-    np.testing.assert_allclose(odd[1], [math.sin(1), math.cos(1), math.sin(10000 ** (-2 / 3))], atol=1e-15)
+    np.testing.assert_allclose(odd[1], [math.sin(1), math.cos(1), math.sin(10000 ** (-2 / 3))], atol=FEW_ROUNDINGS)
 
 
 def test_defaults_parameters_and_state_dict():
@@ -127,7 +135,8 @@ def test_defaults_parameters_and_state_dict():
 
 def test_learned_initialization_and_determinism():
     a = LearnedPositionalEmbedding(64, 400, seed=1, dtype=np.float64)
-    assert abs(a.weight.data.mean()) < 1e-3 and abs(a.weight.data.std() - 0.02) < 5e-4
+    assert_sample_mean(a.weight.data, 0.0, 0.02, "learned positions")
+    assert_sample_std(a.weight.data, 0.02, "learned positions")
     b = LearnedPositionalEmbedding(64, 400, seed=1, dtype=np.float64)
     c = LearnedPositionalEmbedding(64, 400, seed=2, dtype=np.float64)
     d = LearnedPositionalEmbedding(64, 400, seed=1, dtype=np.float32)

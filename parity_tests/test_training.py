@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parity_tests.strategies import seeds
+from parity_tests.tolerances import FEW_ROUNDINGS, FLOAT32_ROUNDOFF
 from rosetta.checkpoint import build_model, load_checkpoint, save_checkpoint
 from rosetta.cli import main
 from rosetta.tasks import BOS, EOS, FIRST_SYMBOL, PAD, TASKS, SyntheticTask, make_task
@@ -145,7 +146,7 @@ def test_training_lowers_the_loss_and_learns_the_task(trained):
     assert result.exact_match >= 0.95
     assert result.teacher_forced_exact_match == result.exact_match  # greedy is right iff every step is
     assert result.tokens_per_second > 0 and result.train_seconds < 30
-    assert max(result.learning_rates) == pytest.approx(PRESETS["tiny"]["lr"])
+    assert max(result.learning_rates) == pytest.approx(PRESETS["tiny"]["lr"], rel=FEW_ROUNDINGS)
 
 
 def test_training_writes_checkpoint_plot_and_summary(trained):
@@ -225,7 +226,7 @@ def test_mismatched_checkpoints_are_refused(small_checkpoint, tmp_path):
 
     path, _, config = small_checkpoint
     tensors = safetensors.numpy.load(path.read_bytes())
-    metadata = {"format": "rosetta-transformer-checkpoint", "version": "1", "model_class": "Transformer",
+    metadata = {"format": "rosetta-transformer-checkpoint", "version": "2", "model_class": "Transformer",
                 "config": json.dumps(config)}
     name = "generator.bias"
 
@@ -423,7 +424,7 @@ def test_attention_maps_are_distributions(trained):
     for name, weights in attention_maps(model, src, tgt):
         heads, rows, cols = weights.shape
         assert (heads, rows, cols) == (PRESETS["tiny"]["num_heads"], 4, 4)
-        np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(weights.sum(axis=-1), 1.0, rtol=FLOAT32_ROUNDOFF)
         if "decoder" in name and "self" in name:
             assert np.all(np.triu(weights, k=1) == 0)  # causal
 

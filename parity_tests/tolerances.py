@@ -39,6 +39,103 @@ ERROR_FLOOR = 1e-3
 # as an error of order one against 0.1·S.
 GRADIENT_SCALE_FLOOR = 0.1
 
+# ---- gradcheck itself (parity_tests/test_gradcheck.py) --------------------------------------------
+
+# A correct backward passes gradcheck "to roundoff": the issue's target, met with margin by the
+# ≈ 1e-9 observed (truncation and rounding of central differences, see GRADCHECK_TOL).
+GRADCHECK_TARGET = 1e-8
+
+# A wrong gradient must show: a backward that adds 1e-3 to one weight-gradient entry (of size ≈ 1)
+# has a relative error ≈ 1e-3, well above this, and a correct one (≈ 1e-9) well below.
+GRADCHECK_DETECTS = 1e-4
+
+# ---- float64 against float64: a closed form, torch's float64, a second route ---------------------
+# float64's unit roundoff is u = 2⁻⁵³ ≈ 1.1e-16. Two float64 computations of one value differ by
+# about u × (dependent roundings) × (the computation's condition); each bound below is that
+# estimate with a margin of 10 or more. A wrong formula, mask, scale or order errs by O(1).
+# They are passed as rtol (relative, entry by entry) and as atol (on entries of order one).
+
+# A handful of operations on values of order one (an SGD or AdamW step by hand, sin/cos of a
+# position, softmax of equal logits, a product by 1/(1 − p), x·σ(x)): a few u ≈ 5e-16.
+FEW_ROUNDINGS = 1e-15
+
+# Tens of dependent operations (a sum over a row or a sequence, a log-sum-exp, a learning-rate
+# schedule's powers and cosine, gradients accumulated over repeated ids): ≲ 100u ≈ 1e-14.
+SHORT_CHAIN = 1e-14
+
+# A loss or model computed two ways (a mean of per-position losses against their sum, a model on
+# token ids against one on their embeddings, a causal model with a later token changed, a
+# norm's gradient where 1 − x̂² cancels, relative to the size of its terms): hundreds of roundings
+# in another order; ≈ 1e-14 observed.
+REORDERED = 1e-13
+
+# A layer against an independent closed form, torch's float64, or another route through it (MHA
+# against its projections + SDPA, autograd against backward, flash against plain attention, an
+# optimizer against torch.optim, summed beam log-probabilities): hundreds of roundings amplified by
+# a softmax's or a normalization's condition (≲ 10); ≲ 1e-13 observed.
+CLOSED_FORM = 1e-12
+
+# Known values quoted in a test to 11–15 significant digits (GELU's tanh form at 1 is quoted as
+# 0.84119199011, 5.9e-10 from its float64 value): the quote's own rounding, not the layer's.
+QUOTED_VALUE = 1e-9
+
+# A by-hand first AdamW step written as lr·sign(g), leaving out ε = 1e-8 of g/(|g| + ε): off by
+# ε/|g| ≤ 3.3e-8 relative for the test's |g| ≥ 0.3.
+ADAM_STEP_WITHOUT_EPS = 1e-7
+
+# LayerNorm's ε = 1e-5 inside the root makes a post-norm output's variance σ²/(σ² + ε) rather
+# than 1: 1e-5/σ² below, under 1e-4 for the pre-norm variances σ² ≳ 0.1 of the test's inputs.
+LAYER_NORM_EPS_EFFECT = 1e-4
+
+# ---- float32 and float16 against the same computation in the same dtype ---------------------------
+
+# float32's u = 2⁻²⁴ ≈ 6e-8: one rounding (a float32 round trip of a float64 state dict), or two
+# float32 implementations of one short formula in nearly one order (an optimizer step against
+# torch.optim's, a gradient norm, softmax rows summing to 1, accumulated Linear gradients,
+# attention with and without its weights kept): ≲ 16u ≈ 1e-6.
+FLOAT32_ROUNDOFF = 1e-6
+
+# float16 keeps 10 fraction bits: a float16 parameter re-rounded from float32 master weights (a
+# resumed run restarts them from the float16 parameters) is within one float16 unit, 2⁻¹⁰
+# relative, of the uninterrupted run's.
+FLOAT16_UNIT = 2.0**-10
+
+# The flash kernel's log-sum-exp on a real GPU (test_kernels_compile.py, np.allclose: this atol plus
+# its default rtol 1e-5, on values of order 1–10 and L, S up to 150, head_dim up to 128): fp32 sums
+# of exact products, but exp2f/log2f are approximate GPU instructions, so 1e-4 for float32 and, for
+# the half-precision kernels (base-2 scores), 1e-2, as the test was written (not re-measured here);
+# the CPU emulator sees ≤ 3e-7 (KERNEL_LSE_TOL). A wrong mask or scale is off by O(1).
+FLASH_LSE_ATOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float16): 1e-2, "bfloat16": 1e-2}
+
+# ---- the CUDA kernels, one launch at a time, against float64 NumPy on the same rounded inputs ------
+# (test_kernels_emulated.py on the CPU emulator, and the kernel lab accelerated/cupy/lab.py, whose
+# DEFAULT_TOL / DEFAULT_LSE_TOL test_kernel_lab.py keeps equal to these.) Keys are element type
+# names; error = max|got − want| / max(max|want|, 1): the data are O(1), so exact zeros stay checkable.
+KERNEL_TOL = {
+    "float32": 1e-5,   # fp32 math, sums of at most a few hundred terms (u = 6e-8): ≲ 170u; worst seen 1.1e-6
+    "float16": 2e-3,   # outputs (and, on tensor cores, P and dS before their products) rounded to fp16 (u = 4.9e-4): 4u; worst seen 6.8e-4
+    "bfloat16": 2e-2,  # the same roundings in bf16 (u = 3.9e-3): 5u; worst seen 4.8e-3
+}
+# The flash forward's log-sum-exp is fp32 whatever the element type (exact products of the rounded
+# inputs, fp32 sums): worst seen 3e-7 on the emulator; the half-precision kernels take exp2f/log2f
+# of base-2 scores, approximate instructions on a GPU, hence 1e-4 there (fp32: 1e-5).
+KERNEL_LSE_TOL = {"float32": 1e-5, "float16": 1e-4, "bfloat16": 1e-4}
+# The fused kernels through the layer API (test_fused_kernels_compile.py: norms, cross-entropy,
+# bias + activation, AdamW; CuPy on a GPU or the emulator) against the float64 reference layer: the
+# module also rounds what it stores between kernels (a Linear's output, a parameter after a step).
+KERNEL_LAYER_TOL = {
+    "float32": 2e-5,   # fp32 roundings and reductions over up to 1000 entries; worst seen 2.5e-7
+    "float16": 2e-2,   # ≈ 40u as FORWARD_TOL's half-precision bound (a layer's chained roundings); worst seen 3.4e-4
+    "bfloat16": 8e-2,  # ≈ 20u, the same chain with bf16's 8 bits; worst seen 3.4e-3
+}
+
+# ---- statistics of seeded random draws (initializations, dropout masks) ---------------------------
+
+# A sample mean of n draws of spread σ is within SAMPLE_SIGMAS·σ/√n of its expectation, a normal
+# sample's standard deviation within SAMPLE_SIGMAS·σ/√(2n) of σ. At 5σ a correct draw fails for
+# about one seed in 1.7 million (the tests' seeds pass at ≤ 2σ); a wrong scale is off by far more.
+SAMPLE_SIGMAS = 5
+
 
 def relative_error(actual, expected, floor: float = ERROR_FLOOR) -> float:
     actual = np.asarray(actual, dtype=np.float64)
@@ -75,3 +172,21 @@ def assert_close(actual, expected, dtype, what: str, table=FORWARD_TOL, floor: f
     if not err <= tol:
         raise AssertionError(f"{what}: relative error {err:.3e} > {tol:.0e} ({key})")
     return err
+
+
+def assert_sample_mean(values, mean: float, std: float, what: str) -> None:
+    """The mean of ``values`` (draws of spread ``std``) within SAMPLE_SIGMAS standard errors of ``mean``."""
+    values = np.asarray(values, dtype=np.float64)
+    bound = SAMPLE_SIGMAS * std / np.sqrt(values.size)
+    got = float(values.mean())
+    if not abs(got - mean) <= bound:
+        raise AssertionError(f"{what}: sample mean {got:.4g}, expected {mean:.4g} ± {bound:.2g}")
+
+
+def assert_sample_std(values, std: float, what: str) -> None:
+    """The standard deviation of normal draws ``values`` within SAMPLE_SIGMAS standard errors of ``std``."""
+    values = np.asarray(values, dtype=np.float64)
+    bound = SAMPLE_SIGMAS * std / np.sqrt(2 * values.size)
+    got = float(values.std())
+    if not abs(got - std) <= bound:
+        raise AssertionError(f"{what}: sample standard deviation {got:.4g}, expected {std:.4g} ± {bound:.2g}")

@@ -96,12 +96,3 @@ def _sigmoid(x):
     xp = array_namespace(x)
     e = xp.exp(-xp.abs(x))  # in (0, 1]
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
-#: activation name (FeedForward's ``activation``) -> module factory
-ACTIVATIONS = {
-    "relu": ReLU,
-    "gelu": GELU,
-    "gelu_tanh": lambda: GELU("tanh"),
-    "silu": SiLU,
-}

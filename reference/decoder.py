@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from .checks import check_array, check_positive_int, check_size
-from .dropout import Dropout
-from .feed_forward import FeedForward
-from .kv_cache import check_cache
-from .module import Module, child_seed
-from .multi_head_attention import MultiHeadAttention
-from .residual import make_norm, residual_backward, residual_forward
+from .blueprints import DecoderBlueprint, DecoderLayerBlueprint
+from .checks import check_array, check_batch, check_size
+from .module import Module
+from .residual import residual_backward, residual_forward
 from .stack_input import EmbeddedStack
 
 
-class DecoderLayer(Module):
+class DecoderLayer(DecoderLayerBlueprint, Module):
     r"""Self-attention, cross-attention over ``memory``, feed-forward; each a residual sub-layer.
 
     post-norm (norm_first=False, the paper):
@@ -22,50 +19,12 @@ class DecoderLayer(Module):
     pre-norm (norm_first=True): h₁ = x + Dropout(SelfAttn(Norm₁(x))), and so on.
     Backward: dy → dh₂ → dh₁ → dx in reverse; d memory comes from the cross-attention alone.
 
-    Submodules: self_attn, cross_attn, feed_forward, norm1, norm2, norm3, dropout1..3.
+    Submodules: self_attn, cross_attn, feed_forward, norm1, norm2, norm3, dropout1..3. The
+    constructor (EncoderLayer's arguments) is DecoderLayerBlueprint in blueprints.py.
     Rotary positions (rotary=True) apply to the self-attention only.
     cache=KVCache() (inference): the self-attention appends its keys and values, the
     cross-attention projects memory once and reuses it (kv_cache.py).
     """
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        num_kv_heads=None,
-        norm: str = "layernorm",
-        rotary: bool = False,
-        window=None,
-        block_size=None,
-        *,
-        seed=None,
-        dtype=None,
-    ):
-        super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.norm_first = bool(norm_first)
-        self.self_attn = MultiHeadAttention(
-            d_model, num_heads, dropout, bias, num_kv_heads, rotary, window=window, block_size=block_size,
-            seed=child_seed(seed, "self_attn"), dtype=dtype,
-        )
-        self.cross_attn = MultiHeadAttention(
-            d_model, num_heads, dropout, bias, num_kv_heads, seed=child_seed(seed, "cross_attn"), dtype=dtype
-        )
-        self.feed_forward = FeedForward(
-            d_model, d_ff, dropout, activation, bias, seed=child_seed(seed, "feed_forward"), dtype=dtype
-        )
-        self.norm1 = make_norm(norm, d_model, layer_norm_eps, bias, dtype)
-        self.norm2 = make_norm(norm, d_model, layer_norm_eps, bias, dtype)
-        self.norm3 = make_norm(norm, d_model, layer_norm_eps, bias, dtype)
-        self.dropout1 = Dropout(dropout, seed=child_seed(seed, "dropout1"))
-        self.dropout2 = Dropout(dropout, seed=child_seed(seed, "dropout2"))
-        self.dropout3 = Dropout(dropout, seed=child_seed(seed, "dropout3"))
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, cache=None):
@@ -73,8 +32,7 @@ class DecoderLayer(Module):
         check_size("tgt", tgt, -1, self.d_model, "d_model")
         check_array("memory", memory, ndim=3, kind="f", xp=self.xp)
         check_size("memory", memory, -1, self.d_model, "d_model")
-        if memory.shape[0] != tgt.shape[0]:
-            raise ValueError(f"memory must have batch size {tgt.shape[0]} (tgt's), got shape {tuple(memory.shape)}")
+        check_batch("memory", memory, tgt.shape[0], "tgt's")
 
         def self_attention(h):  # (B, T, d) -> (B, T, d)
             return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
@@ -105,52 +63,21 @@ class DecoderLayer(Module):
         return dx, d_memory[0]
 
 
-class Decoder(EmbeddedStack):
+class Decoder(DecoderBlueprint, EmbeddedStack):
     r"""Embedding (optional) → positions → dropout → N decoder layers → final norm (optional).
 
     tgt is token ids (B, T) (needs vocab_size) or embeddings (B, T, d_model); memory is the
     encoder output (B, S, d_model). Backward returns (d tgt or None for ids, d memory), where
     d memory sums the cross-attention gradients of every layer.
 
-    Submodules: embedding, positional (learned only), dropout, layers.i, norm (as Encoder).
+    Submodules: embedding, positional (learned only), dropout, layers.i, norm (as Encoder; the
+    constructor, DecoderBlueprint in blueprints.py, takes Encoder's arguments).
     cache=KVCache() (inference): tgt holds only the new positions, as in Encoder.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        num_layers: int = 6,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        num_kv_heads=None,
-        norm: str = "layernorm",
-        rotary: bool = False,
-        window=None,
-        block_size=None,
-        final_norm: bool = False,
-        vocab_size=None,
-        max_len: int = 5000,
-        positional="sinusoidal",
-        scale_embedding: bool = True,
-        padding_idx=None,
-        *,
-        seed=None,
-        dtype=None,
-    ):
-        super().__init__()
-        self.build_stack(DecoderLayer, d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first,
-                         layer_norm_eps, bias, num_kv_heads, norm, rotary, window, block_size, final_norm,
-                         vocab_size, max_len, positional, scale_embedding, padding_idx, seed=seed, dtype=dtype)
-
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, cache=None):
-        offset = 0 if check_cache(cache) is None else cache.length  # tokens already cached
-        x = self.embed(tgt, "tgt", offset)  # (B, T, d)  positions offset, offset + 1, ...
+        x = self.embed(tgt, "tgt", cache)  # (B, T, d)  at positions cache.length, ... (0, 1, ... without a cache)
         for layer in self.layers:
             x = layer(x, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
                       tgt_is_causal, cache=cache)  # (B, T, d)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace
-from .attention import _check_scale
+from .attention_inputs import check_compute_dtype, check_scale
 from .checks import check_array, check_positive_int, describe
 from .module import Module
 
@@ -24,13 +24,15 @@ def flash_attention_forward(q, k, v, *, scale=None, is_causal=False, key_padding
 
     Forward, for each query block Qᵢ (rows i0..i1) with running m = −∞, l = 0, Õ = 0:
         for each key block Kⱼ, Vⱼ (skipped when wholly above the causal diagonal, j0 >= i1):
-            Sᵢⱼ   = scale · Qᵢ Kⱼᵀ, −∞ where masked
-            m'    = max(m, rowmax Sᵢⱼ)
-            Pᵢⱼ   = exp(Sᵢⱼ − m')                 (0 where masked)
+            Aᵢⱼ   = scale · Qᵢ Kⱼᵀ, −∞ where masked    (the scores)
+            m'    = max(m, rowmax Aᵢⱼ)
+            Pᵢⱼ   = exp(Aᵢⱼ − m')                 (0 where masked)
             l     = e^(m − m') · l + rowsum Pᵢⱼ
             Õ     = e^(m − m') · Õ + Pᵢⱼ Vⱼ
             m     = m'
         Oᵢ = Õ / l,   lseᵢ = m + log l           (a row that saw no key: O = 0, lse = −∞)
+    A NaN score is not a masked one: the running max leaves it out, its exp is NaN, and its
+    row's O and lse come out NaN (so does the backward's, whose P = exp(A − lse) is NaN).
 
     Never more than one (block_q, block_k) tile of scores exists: memory O(L) besides q, k, v.
     """
@@ -48,25 +50,26 @@ def flash_attention_forward(q, k, v, *, scale=None, is_causal=False, key_padding
         i1 = min(i0 + block_q, L)
         q_i = q[:, :, i0:i1].astype(acc)  # (B, H, Bq, d)  the query tile, read once
         m = xp.full((B, H, i1 - i0), -xp.inf, dtype=acc)  # (B, H, Bq)  running row max
-        l = xp.zeros((B, H, i1 - i0), dtype=acc)  # (B, H, Bq)  running Σ exp(s − m)
-        o = xp.zeros((B, H, i1 - i0, dv), dtype=acc)  # (B, H, Bq, dv)  running Σ exp(s − m) v
+        l = xp.zeros((B, H, i1 - i0), dtype=acc)  # (B, H, Bq)  running Σ exp(a − m)
+        o = xp.zeros((B, H, i1 - i0, dv), dtype=acc)  # (B, H, Bq, dv)  running Σ exp(a − m) v
         for j0 in range(0, _key_stop(i1, S, is_causal), block_k):  # key blocks with some j <= i
             j1 = min(j0 + block_k, S)
             k_j = k[:, kv_head, j0:j1].astype(acc)  # (B, H, Bk, d)  the kv head of each query head
             v_j = v[:, kv_head, j0:j1].astype(acc)  # (B, H, Bk, dv)
-            s = (q_i @ xp.swapaxes(k_j, -1, -2)) * scale  # (B, H, Bq, Bk)  S = scale · Q Kᵀ
+            a = (q_i @ xp.swapaxes(k_j, -1, -2)) * scale  # (B, H, Bq, Bk)  A = scale · Q Kᵀ
             allowed = _allowed_tile(key_padding_mask, is_causal, i0, i1, j0, j1, xp)  # (B|1, 1, Bq, Bk)
             if allowed is not None:
-                s = xp.where(allowed, s, -xp.inf)  # (B, H, Bq, Bk)
-            m_new = xp.maximum(m, xp.max(s, axis=-1))  # (B, H, Bq)  −∞ while the row has seen no key
+                a = xp.where(allowed, a, -xp.inf)  # (B, H, Bq, Bk)
+            finite_max = xp.max(xp.where(xp.isnan(a), -xp.inf, a), axis=-1)  # (B, H, Bq)  NaN left out: it shows below
+            m_new = xp.maximum(m, finite_max)  # (B, H, Bq)  −∞ while the row has seen no key
             m_use = xp.where(m_new > -xp.inf, m_new, 0)  # (B, H, Bq)  finite stand-in: no ∞ − ∞
-            p = xp.exp(s - m_use[..., None])  # (B, H, Bq, Bk)  exp(−∞) = 0 on masked entries
+            p = xp.exp(a - m_use[..., None])  # (B, H, Bq, Bk)  exp(−∞) = 0 on masked entries, NaN stays NaN
             alpha = xp.exp(m - m_use)  # (B, H, Bq)  rescales the old sums; 0 when m = −∞
             l = alpha * l + xp.sum(p, axis=-1)  # (B, H, Bq)
             o = alpha[..., None] * o + p @ v_j  # (B, H, Bq, dv)
             m = m_new
-        seen = l > 0  # (B, H, Bq)  l >= 1 once a row has an allowed key (its max term is e⁰)
-        l_safe = xp.where(seen, l, 1)  # (B, H, Bq)
+        seen = l != 0  # (B, H, Bq)  l >= 1 once a row has an allowed key (its max term is e⁰), or NaN
+        l_safe = xp.where(seen, l, 1)  # (B, H, Bq)  a NaN row stays NaN: a NaN is never "no key"
         out[:, :, i0:i1] = (o / l_safe[..., None]).astype(q.dtype)  # (B, H, Bq, dv)  O = Õ / l
         lse[:, :, i0:i1] = xp.where(seen, m + xp.log(l_safe), -xp.inf)  # (B, H, Bq)  m + log l
     return out, lse
@@ -84,9 +87,9 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, scale=None, is_causal=F
                    Pᵢⱼ  = exp(scale · Qᵢ Kⱼᵀ − lseᵢ)   (0 where masked and on rows with lse = −∞)
                    dVⱼ += Pᵢⱼᵀ dOᵢ                     ← from O = P V
                    dPᵢⱼ = dOᵢ Vⱼᵀ                      ← from O = P V
-                   dSᵢⱼ = Pᵢⱼ ⊙ (dPᵢⱼ − Dᵢ)             ← from P = softmax(S)
-                   dQᵢ += scale · dSᵢⱼ Kⱼ              ← from S = scale · Q Kᵀ
-                   dKⱼ += scale · dSᵢⱼᵀ Qᵢ             ← from S = scale · Q Kᵀ
+                   dAᵢⱼ = Pᵢⱼ ⊙ (dPᵢⱼ − Dᵢ)             ← from P = softmax(A)
+                   dQᵢ += scale · dAᵢⱼ Kⱼ              ← from A = scale · Q Kᵀ
+                   dKⱼ += scale · dAᵢⱼᵀ Qᵢ             ← from A = scale · Q Kᵀ
                grouped kv heads: dK, dV of a kv head sum over the g query heads that read it.
 
     A fully masked row has P = 0, so it gets dQ = 0 and adds nothing to dK, dV (never NaN).
@@ -105,7 +108,7 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, scale=None, is_causal=F
     kv_head = xp.arange(H) // group  # (H,)
 
     D = xp.sum(dout.astype(acc) * out.astype(acc), axis=-1)  # (B, H, L)  rowsum(dO ⊙ O)
-    lse_use = xp.where(lse > -xp.inf, lse, xp.inf).astype(acc)  # (B, H, L)  dead row: exp(s − ∞) = 0
+    lse_use = xp.where(lse == -xp.inf, xp.inf, lse).astype(acc)  # (B, H, L)  dead row: exp(a − ∞) = 0; NaN stays
     dq = xp.zeros((B, H, L, d), dtype=acc)  # (B, H, L, d)   the kernel adds into it atomically
     dk = xp.zeros((B, Hkv, S, d), dtype=acc)  # (B, Hkv, S, d)
     dvv = xp.zeros((B, Hkv, S, dv), dtype=acc)  # (B, Hkv, S, dv)
@@ -119,16 +122,16 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, scale=None, is_causal=F
             i1 = min(i0 + block_q, L)
             q_i = q[:, :, i0:i1].astype(acc)  # (B, H, Bq, d)
             do_i = dout[:, :, i0:i1].astype(acc)  # (B, H, Bq, dv)
-            s = (q_i @ xp.swapaxes(k_j, -1, -2)) * scale  # (B, H, Bq, Bk)  S = scale · Q Kᵀ, recomputed
+            a = (q_i @ xp.swapaxes(k_j, -1, -2)) * scale  # (B, H, Bq, Bk)  A = scale · Q Kᵀ, recomputed
             allowed = _allowed_tile(key_padding_mask, is_causal, i0, i1, j0, j1, xp)  # (B|1, 1, Bq, Bk)
             if allowed is not None:
-                s = xp.where(allowed, s, -xp.inf)  # (B, H, Bq, Bk)
-            p = xp.exp(s - lse_use[:, :, i0:i1, None])  # (B, H, Bq, Bk)  P = exp(S − lse), exact softmax
+                a = xp.where(allowed, a, -xp.inf)  # (B, H, Bq, Bk)
+            p = xp.exp(a - lse_use[:, :, i0:i1, None])  # (B, H, Bq, Bk)  P = exp(A − lse), exact softmax
             dv_j += xp.swapaxes(p, -1, -2) @ do_i  # (B, H, Bk, dv)  ← from O = P V
             dp = do_i @ xp.swapaxes(v_j, -1, -2)  # (B, H, Bq, Bk)  ← from O = P V
-            ds = p * (dp - D[:, :, i0:i1, None])  # (B, H, Bq, Bk)  ← from P = softmax(S)
-            dq[:, :, i0:i1] += (ds @ k_j) * scale  # (B, H, Bq, d)  ← from S = scale · Q Kᵀ
-            dk_j += (xp.swapaxes(ds, -1, -2) @ q_i) * scale  # (B, H, Bk, d)  ← from S = scale · Q Kᵀ
+            da = p * (dp - D[:, :, i0:i1, None])  # (B, H, Bq, Bk)  ← from P = softmax(A)
+            dq[:, :, i0:i1] += (da @ k_j) * scale  # (B, H, Bq, d)  ← from A = scale · Q Kᵀ
+            dk_j += (xp.swapaxes(da, -1, -2) @ q_i) * scale  # (B, H, Bk, d)  ← from A = scale · Q Kᵀ
         # ← from k[:, kv_head]: the g query heads h = kv·g .. kv·g + g − 1 share kv head kv
         dk[:, :, j0:j1] += dk_j.reshape(B, Hkv, group, j1 - j0, d).sum(axis=2)  # (B, Hkv, Bk, d)
         dvv[:, :, j0:j1] += dv_j.reshape(B, Hkv, group, j1 - j0, dv).sum(axis=2)  # (B, Hkv, Bk, dv)
@@ -140,11 +143,11 @@ class FlashAttention(Module):
 
     query (B, H, L, d), key (B, Hkv, S, d), value (B, Hkv, S, dv)  →  output (B, H, L, dv)
 
-    Forward:   S = scale · Q Kᵀ, masked (key_padding_mask True = may attend; causal j <= i)
-               O = softmax(S) V, computed block by block with an online softmax
-               lse = log Σⱼ exp(Sᵢⱼ) per query row (−∞ for a row that may attend to no key)
-    Backward:  P = exp(S − lse) recomputed per tile, D = rowsum(dO ⊙ O)
-               dV = Pᵀ dO,  dS = P ⊙ (dO Vᵀ − D),  dQ = scale · dS K,  dK = scale · dSᵀ Q
+    Forward:   A = scale · Q Kᵀ, masked (key_padding_mask True = may attend; causal j <= i)
+               O = softmax(A) V, computed block by block with an online softmax
+               lse = log Σⱼ exp(Aᵢⱼ) per query row (−∞ for a row that may attend to no key)
+    Backward:  P = exp(A − lse) recomputed per tile, D = rowsum(dO ⊙ O)
+               dV = Pᵀ dO,  dA = P ⊙ (dO Vᵀ − D),  dQ = scale · dA K,  dK = scale · dAᵀ Q
 
     Same result as ScaledDotProductAttention with the boolean mask key_padding_mask[:, None,
     None, :] (and is_causal, enable_gqa); see flash_attention_forward / _backward.
@@ -216,6 +219,7 @@ def _check_inputs(arrays, names, scale, is_causal, key_padding_mask, block_q, bl
     qn, kn, vn = names
     for name, x in zip(names, arrays):
         check_array(name, x, ndim=4, kind="f", xp=xp)
+    check_compute_dtype(qn, q, xp)  # float32/float64 here; a CuPy array may also be float16/bfloat16
     for name, x in ((kn, k), (vn, v)):
         if x.dtype != q.dtype:
             raise TypeError(f"{name} must have the dtype of {qn} ({q.dtype}), got {x.dtype}")
@@ -236,4 +240,4 @@ def _check_inputs(arrays, names, scale, is_causal, key_padding_mask, block_q, bl
         _check_shape("key_padding_mask", key_padding_mask, (B, k.shape[2]), "(B, S), True = may attend")
     check_positive_int("block_q", block_q)
     check_positive_int("block_k", block_k)
-    return H // Hkv, _check_scale(scale, d)
+    return H // Hkv, check_scale(scale, d)

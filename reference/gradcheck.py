@@ -22,12 +22,13 @@ against a tenth of the module's gradient scale, and a module whose whole gradien
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .module import Module
+from .module import Module, Parameter
 
 #: a tensor's error is never measured against less than this fraction of the largest gradient
 RELATIVE_FLOOR = 0.1
@@ -52,6 +53,13 @@ class GradcheckReport:
     def worst(self) -> float:
         return max((r.rel_error for r in self.rows), default=0.0)
 
+    def assert_within(self, tol: float) -> "GradcheckReport":
+        """Raise AssertionError (with the table) if any error exceeds tol; return the report."""
+        if self.worst > tol:
+            raise AssertionError(f"gradient check failed (worst relative error {self.worst:.2e} > {tol:.0e}):\n"
+                                 f"{self.table()}")
+        return self
+
     def table(self) -> str:
         lines = [f"{'tensor':<40} {'shape':<18} {'checked':>7} {'max abs err':>12} {'rel err':>10}"]
         for r in self.rows:
@@ -67,7 +75,7 @@ def _as_tuple(x) -> tuple:
 
 def _vjp_difference(plus, minus, cotangents) -> float:
     """L(x+) − L(x−) = Σ_k Σ g_k ⊙ (y_k⁺ − y_k⁻): differencing before summing avoids cancellation."""
-    return float(sum(np.sum((np.asarray(p, np.float64) - m) * g) for p, m, g in zip(plus, minus, cotangents)))
+    return float(sum(np.sum((p - m) * g) for p, m, g in zip(plus, minus, cotangents)))
 
 
 def _entries(size: int, max_entries, rng) -> np.ndarray:
@@ -104,6 +112,63 @@ def gradcheck(
     max_entries: check at most this many randomly chosen entries per tensor (None: all).
     before_forward: called before every forward (e.g. to re-seed a dropout mask).
     """
+    return check_gradients(NumpyArrays(), module, inputs, kwargs, eps=eps, seed=seed, max_entries=max_entries,
+                           before_forward=before_forward)
+
+
+def assert_gradcheck(module: Module, inputs: Sequence, kwargs: dict | None = None, *, tol: float = 1e-6, **options):
+    """Run :func:`gradcheck` and raise AssertionError (with the table) if any error exceeds tol."""
+    return gradcheck(module, inputs, kwargs, **options).assert_within(tol)
+
+
+class NumpyArrays:
+    """How the check reads, converts and nudges a backend's arrays: NumPy's (and CuPy's, which the
+    reference code handles alike); the torch backend has its own (accelerated/torch/gradcheck.py)."""
+
+    @staticmethod
+    def is_float(x) -> bool:
+        return isinstance(x, np.ndarray) and x.dtype.kind == "f"
+
+    @staticmethod
+    def shares_memory(a, b) -> bool:
+        return np.shares_memory(a, b)
+
+    @staticmethod
+    def like(g: np.ndarray, y):
+        """The float64 cotangent g as an array of y's kind and dtype."""
+        return g.astype(y.dtype)
+
+    @staticmethod
+    def to_float64(x) -> np.ndarray:
+        return np.asarray(x, np.float64)
+
+    @staticmethod
+    def values(p: Parameter):
+        """The array of a parameter that the module reads."""
+        return p.data
+
+    @staticmethod
+    def flat(array, name: str):
+        """A flat view of ``array`` (nudging an entry nudges the array the module reads)."""
+        flat = array.reshape(-1)
+        if not np.shares_memory(flat, array):
+            raise AssertionError(f"{name} is not contiguous; gradcheck needs to nudge it in place")
+        return flat
+
+    @staticmethod
+    def entry(flat, i: int):
+        return flat[i]
+
+    @staticmethod
+    def nudging():
+        """The context the nudged forwards run in (torch: no_grad)."""
+        return contextlib.nullcontext()
+
+
+def check_gradients(arrays, module, inputs: Sequence, kwargs: dict | None = None, *, eps: float = 1e-6,
+                    seed: int = 0, max_entries: int | None = None,
+                    before_forward: Callable[[], None] | None = None) -> GradcheckReport:
+    """:func:`gradcheck` for the arrays of a backend, read and nudged through ``arrays`` (NumpyArrays)."""
     kwargs = dict(kwargs or {})
     rng = np.random.default_rng([seed, 0x67C4])  # salted: never the same stream as test data of seed
     inputs = list(inputs)
@@ -114,56 +179,43 @@ def gradcheck(
         return _as_tuple(module(*inputs, **kwargs))
 
     outputs = run()
-    cotangents = [rng.standard_normal(np.shape(y)) for y in outputs]
-    cotangents_typed = [g.astype(y.dtype) for g, y in zip(cotangents, outputs)]
+    cotangents = [rng.standard_normal(tuple(y.shape)) for y in outputs]  # g: float64, the same on every backend
+    typed = [arrays.like(g, y) for g, y in zip(cotangents, outputs)]
     module.zero_grad()
-    grad_out = cotangents_typed[0] if len(outputs) == 1 else tuple(cotangents_typed)
-    input_grads = _as_tuple(module.backward(grad_out))
-
-    differentiable = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype.kind == "f"]
+    input_grads = _as_tuple(module.backward(typed[0] if len(outputs) == 1 else tuple(typed)))
     if len(input_grads) != len(inputs):
-        raise AssertionError(
-            f"backward returned {len(input_grads)} gradients for {len(inputs)} inputs"
-        )
+        raise AssertionError(f"backward returned {len(input_grads)} gradients for {len(inputs)} inputs")
 
+    differentiable = [i for i, x in enumerate(inputs) if arrays.is_float(x)]
     for a in differentiable:
         for b in differentiable:
-            if a < b and np.shares_memory(inputs[a], inputs[b]):
+            if a < b and arrays.shares_memory(inputs[a], inputs[b]):
                 raise ValueError(f"inputs {a} and {b} share memory; nudging one would nudge both: pass copies")
     targets = [(f"input {i}", inputs[i], input_grads[i]) for i in differentiable]
-    targets += [(name, p.data, p.grad) for name, p in module.named_parameters()]
+    targets += [(name, arrays.values(p), p.grad) for name, p in module.named_parameters()]
 
-    report = GradcheckReport()
     compared = []  # (name, shape, analytic entries, numeric entries)
     for name, array, analytic in targets:
-        if analytic is None:
-            analytic = np.zeros_like(array)
-        if analytic.shape != array.shape:
-            raise AssertionError(f"gradient of {name} has shape {analytic.shape}, expected {array.shape}")
-        flat = array.reshape(-1)  # a view: nudging it nudges the array the module reads
-        if not np.shares_memory(flat, array):
-            raise AssertionError(f"{name} is not contiguous; gradcheck needs to nudge it in place")
-        idx = _entries(flat.size, max_entries, rng)
+        shape = tuple(array.shape)
+        analytic = np.zeros(shape) if analytic is None else arrays.to_float64(analytic)
+        if analytic.shape != shape:
+            raise AssertionError(f"gradient of {name} has shape {analytic.shape}, expected {shape}")
+        flat = arrays.flat(array, name)
+        idx = _entries(analytic.size, max_entries, rng)
         numeric = np.empty(idx.size)
-        for j, i in enumerate(idx):
-            original = flat[i]
-            flat[i] = original + eps
-            plus = run()
-            flat[i] = original - eps
-            minus = run()
-            flat[i] = original
-            numeric[j] = _vjp_difference(plus, minus, cotangents) / (2 * eps)
-        compared.append((name, tuple(array.shape), np.asarray(analytic, np.float64).reshape(-1)[idx], numeric))
+        with arrays.nudging():
+            for j, i in enumerate(idx):
+                original = arrays.entry(flat, i)
+                flat[i] = original + eps
+                plus = [arrays.to_float64(y) for y in run()]
+                flat[i] = original - eps
+                minus = [arrays.to_float64(y) for y in run()]
+                flat[i] = original
+                numeric[j] = _vjp_difference(plus, minus, cotangents) / (2 * eps)
+        compared.append((name, shape, analytic.reshape(-1)[idx], numeric))
     floor = RELATIVE_FLOOR * max((max(_largest(a), _largest(n)) for _, _, a, n in compared), default=0.0)
+    report = GradcheckReport()
     for name, shape, analytic, numeric in compared:
         abs_err, rel_err = _relative_error(analytic, numeric, floor)
         report.rows.append(GradientError(name, shape, int(analytic.size), abs_err, rel_err))
-    return report
-
-
-def assert_gradcheck(module: Module, inputs: Sequence, kwargs: dict | None = None, *, tol: float = 1e-6, **options):
-    """Run :func:`gradcheck` and raise AssertionError (with the table) if any error exceeds tol."""
-    report = gradcheck(module, inputs, kwargs, **options)
-    if report.worst > tol:
-        raise AssertionError(f"gradient check failed (worst relative error {report.worst:.2e} > {tol:.0e}):\n{report.table()}")
     return report

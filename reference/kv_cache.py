@@ -69,22 +69,37 @@ class KVCache:
                 f"cache holds keys of shape {tuple(old.shape)} (batch, kv heads, seq, head_dim) for this layer, "
                 f"cannot append keys of shape {tuple(keys.shape)}: a cache serves one batch of one model"
             )
-        xp = array_namespace(keys)
-        entry[1] = xp.concatenate([old, keys], axis=-2)  # (B, Hkv, S + N, d)
-        entry[2] = xp.concatenate([entry[2], values], axis=-2)  # (B, Hkv, S + N, d)
+        entry[1] = self._concatenate(old, keys)  # (B, Hkv, S + N, d)
+        entry[2] = self._concatenate(entry[2], values)  # (B, Hkv, S + N, d)
         entry[3] += keys.shape[-2]
         return entry[1], entry[2]
 
     def reorder(self, index) -> None:
         """Keep the batch rows ``index`` (an integer array (B',)) of every cached key and value."""
         for entry in self._entries.values():
-            xp = array_namespace(entry[1])
-            check_array("index", index, ndim=1, kind="iu", xp=xp)
+            self._check_index(index, entry[1])
             batch = entry[1].shape[0]
-            if index.size and (int(index.min()) < 0 or int(index.max()) >= batch):
+            if len(index) and (int(index.min()) < 0 or int(index.max()) >= batch):
                 raise ValueError(f"index must lie in [0, {batch}) (the cached batch rows), got {index.tolist()}")
-            entry[1] = entry[1][index]  # (B', Hkv, S, d)
-            entry[2] = entry[2][index]  # (B', Hkv, S, d)
+            entry[1] = self._rows(entry[1], index)  # (B', Hkv, S, d)
+            entry[2] = self._rows(entry[2], index)  # (B', Hkv, S, d)
+
+    # ---- the array operations a backend's cache replaces (torch: torch.cat, tensors on a device) ----
+
+    @staticmethod
+    def _concatenate(old, new):
+        """old (B, Hkv, S, d) then new (B, Hkv, N, d) along the sequence: (B, Hkv, S + N, d)."""
+        return array_namespace(old).concatenate([old, new], axis=-2)
+
+    @staticmethod
+    def _check_index(index, cached) -> None:
+        """index must be a 1-D integer array of the cached arrays' backend."""
+        check_array("index", index, ndim=1, kind="iu", xp=array_namespace(cached))
+
+    @staticmethod
+    def _rows(x, index):
+        """Batch rows ``index`` of x."""
+        return x[index]
 
     @staticmethod
     def _check_kind(module, entry, cross: bool) -> None:
@@ -99,8 +114,54 @@ class KVCache:
         return f"KVCache(length={self.length}, layers={len(self._entries)})"
 
 
-def check_cache(cache):
-    """cache must be None or a KVCache."""
-    if cache is not None and not isinstance(cache, KVCache):
-        raise TypeError(f"cache must be a KVCache or None, got {describe(cache)}")
+def check_cache(cache, cache_type=None, what: str = "KVCache"):
+    """cache must be None or a ``cache_type`` (default: KVCache); ``what`` names it in the error."""
+    if cache is not None and not isinstance(cache, cache_type or KVCache):
+        raise TypeError(f"cache must be a {what} or None, got {describe(cache)}")
     return cache
+
+
+def cached_heads(module, cache: KVCache, query, key, value, inputs: str, offset: int, split_heads) -> tuple:
+    r"""MultiHeadAttention's Q, K, V through the cache (inference): (B, H, L, d), (B, Hkv, S, d) ×2.
+
+    The L new queries sit at positions offset, offset + 1, ... (rotary angles).
+
+        self-attention ("self"):  K_new, V_new = split_h(x W_kᵀ + b_k), split_h(x W_vᵀ + b_v)
+                                  (Q, K_new ← RoPE at positions offset, ...)
+                                  K, V = cache.append(K_new, V_new): every cached key, then the new
+        cross-attention:          first call: K, V = split_h(memory W_kᵀ + b_k), ... kept in the cache
+                                  later calls: K, V from the cache; the memory is not projected again
+
+    module: the MultiHeadAttention of any backend (its projections, rotary and head counts are
+    read); its projections and rotary compute, the cache keeps the arrays. split_heads(x, heads):
+    (B, N, heads·d) → (B, heads, N, d) (multi_head_attention.split_heads).
+    """
+    H, Hkv = module.num_heads, module.num_kv_heads
+    q = split_heads(module.q_proj(query), H)  # (B, H, L, d)
+    L = q.shape[2]
+    if inputs == "self":
+        k = split_heads(module.k_proj(key), Hkv)  # (B, Hkv, L, d)  the new keys only
+        v = split_heads(module.v_proj(value), Hkv)  # (B, Hkv, L, d)
+        if module.rotary is not None:
+            q, k = module.rotary(q, k, offset)  # (B, H, L, d), (B, Hkv, L, d)  positions offset, ...
+        k, v = cache.append(module, k, v)  # (B, Hkv, offset + L, d) ×2  cached keys, then the new
+        return q, k, v
+    stored = cache.memory(module)
+    if stored is None:  # first call: project the memory once
+        k = split_heads(module.k_proj(key), Hkv)  # (B, Hkv, S, d)
+        v = split_heads(module.v_proj(value), Hkv)  # (B, Hkv, S, d)
+        if module.rotary is not None:
+            q, k = module.rotary(q, k)  # (B, H, L, d), (B, Hkv, S, d)  positions 0, 1, ...
+        cache.store_memory(module, k, v, L)
+        return q, k, v
+    k, v = stored  # (B, Hkv, S, d) ×2
+    B, d = q.shape[0], q.shape[3]
+    if tuple(k.shape) != (B, Hkv, key.shape[1], d):
+        raise ValueError(
+            f"key has batch {B} and length {key.shape[1]} but the cache holds this layer's memory keys of "
+            f"shape {tuple(k.shape)} (batch, kv heads, seq, head_dim): a cache serves one memory"
+        )
+    if module.rotary is not None:
+        q, _ = module.rotary(q, q[:, :0], offset)  # (B, H, L, d)  positions offset, ...
+    cache.advance(module, L)
+    return q, k, v

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_positive_int, check_probability, check_size
+from .attention_inputs import check_latent_config
+from .checks import check_array, check_size
 from .module import Module, child_seed, make_rng
 from .multi_head_attention import MultiHeadAttention
 
@@ -30,10 +31,8 @@ class LatentAttention(Module):
     def __init__(self, d_model: int, num_heads: int, num_latents: int, dropout: float = 0.0, bias: bool = True,
                  *, seed=None, dtype=None):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.num_heads = check_positive_int("num_heads", num_heads)
-        self.num_latents = check_positive_int("num_latents", num_latents)
-        self.dropout = check_probability("dropout", dropout)
+        self.d_model, self.num_heads, self.num_latents, self.dropout = check_latent_config(
+            d_model, num_heads, num_latents, dropout)
         self.dtype = resolve_dtype(dtype)
         rng = make_rng(seed)
         self.latents = self.new_parameter(rng.normal(0.0, 0.02, (num_latents, d_model)), self.dtype)

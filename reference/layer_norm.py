@@ -5,17 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_positive_int, check_size, describe
+from .checks import check_array, check_eps, check_features, check_positive_int
 from .module import Module
-
-
-def check_eps(name: str, value) -> float:
-    """A normalization epsilon: a finite float > 0 (it keeps 1/√(var + eps) finite)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a positive float, got {describe(value)}")
-    if not 0.0 < float(value) < float("inf"):
-        raise ValueError(f"{name} must be a finite float > 0, got {value}")
-    return float(value)
 
 
 class LayerNorm(Module):
@@ -41,9 +32,7 @@ class LayerNorm(Module):
 
     def forward(self, x):
         check_array("x", x, dtype=self.dtype, xp=self.xp)
-        if x.ndim == 0:
-            raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-        check_size("x", x, -1, self.d_model, "d_model")
+        check_features("x", x, self.d_model, "d_model")
         xp = array_namespace(x)
         mean = xp.mean(x, axis=-1, keepdims=True)  # (..., 1)  μ
         centered = x - mean  # (..., D)  x − μ

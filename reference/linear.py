@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_positive_int, check_size
+from .checks import check_array, check_features, check_positive_int
 from .module import Module, make_rng
 
 
@@ -32,9 +32,7 @@ class Linear(Module):
 
     def forward(self, x):
         check_array("x", x, dtype=self.dtype, xp=self.xp)
-        if x.ndim == 0:
-            raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-        check_size("x", x, -1, self.in_features, "in_features")
+        check_features("x", x, self.in_features, "in_features")
         x_rows = x.reshape(-1, self.in_features)  # (rows, in)  one matrix product for every leading position
         y = x_rows @ self.weight.data.T  # (rows, out)
         if self.bias is not None:

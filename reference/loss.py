@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace
-from .checks import check_array, check_choice, describe
+from .checks import check_class_targets, check_cross_entropy_config, check_cross_entropy_inputs, describe
 from .module import Module
 
 
@@ -31,39 +31,16 @@ class CrossEntropyLoss(Module):
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean"):
         super().__init__()
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(f"ignore_index must be an int, got {describe(ignore_index)}")
-        self.ignore_index = int(ignore_index)
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.floating)):
-            raise TypeError(f"label_smoothing must be a float in [0, 1], got {describe(label_smoothing)}")
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-        self.label_smoothing = float(label_smoothing)
-        self.reduction = check_choice("reduction", reduction, {"mean", "sum", "none"})
+        (self.ignore_index, self.label_smoothing,
+         self.reduction) = check_cross_entropy_config(ignore_index, label_smoothing, reduction)
 
     def forward(self, logits, target):
-        check_array("logits", logits, kind="f", xp=self.xp)
-        if logits.ndim == 0 or logits.shape[-1] == 0:
-            raise ValueError(f"logits must have shape (..., V) with V >= 1 classes, got shape {tuple(logits.shape)}")
-        check_array("target", target, kind="iu", xp=self.xp)
-        if tuple(target.shape) != tuple(logits.shape[:-1]):
-            raise ValueError(
-                f"target must have shape {tuple(logits.shape[:-1])} (the logits' shape without the class "
-                f"dimension), got {tuple(target.shape)}"
-            )
+        check_cross_entropy_inputs(logits, target, self.xp)
         xp = array_namespace(logits)
         num_classes = logits.shape[-1]  # V
         eps = self.label_smoothing  # ε
         valid = target != self.ignore_index  # (...)  w
-        if valid.any():
-            kept = target[valid]
-            low, high = int(kept.min()), int(kept.max())
-            if low < 0 or high >= num_classes:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"target must lie in [0, {num_classes}) (the number of classes) or equal "
-                    f"ignore_index={self.ignore_index}, got {bad}"
-                )
+        check_class_targets(target, valid, num_classes, self.ignore_index)
         safe_target = xp.where(valid, target, 0)  # (...)  ignored positions read class 0, then get weight 0
 
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)  # (..., V)  z − max z ≤ 0: exp cannot overflow

@@ -13,14 +13,27 @@ every builder here returns one: it can be passed to either without translation.
 
 These build masks rather than layer math, so they use NumPy directly (a backend converts the
 result with its own ``asarray``).
+
+Below the builders, the mask rules every backend shares:
+
+    allowed_causal, allowed_sliding_window, allowed_block_local
+        the boolean masks (True = may attend) behind the builders, on any backend: the backend
+        passes its ``arange`` (torch: on the layer's device)
+    attn_mask_shape
+        MultiHeadAttention's attn_mask shape rule, as a function of shapes
+    merge_masks
+        MultiHeadAttention's masks (torch.nn.MultiheadAttention's convention) merged into the one
+        mask its attention takes (SDPA's convention)
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .arrays import resolve_dtype
-from .checks import check_positive_int, describe
+from .checks import check_flag, check_positive_int, check_shape, describe
 
 
 def additive_mask(allowed: np.ndarray, dtype=None) -> np.ndarray:
@@ -38,9 +51,7 @@ def causal_mask(seq_len: int, key_len: int | None = None, *, dtype=None) -> np.n
     """
     seq_len = check_positive_int("seq_len", seq_len)
     key_len = seq_len if key_len is None else check_positive_int("key_len", key_len)
-    i = np.arange(seq_len)[:, None]  # (L, 1) query positions
-    j = np.arange(key_len)[None, :]  # (1, S) key positions
-    return additive_mask(j <= i, dtype)  # (L, S)
+    return additive_mask(allowed_causal(seq_len, key_len), dtype)  # (L, S)
 
 
 def padding_mask(lengths, max_len: int | None = None, *, dtype=None) -> np.ndarray:
@@ -81,15 +92,8 @@ def sliding_window_mask(seq_len: int, window: int, causal: bool = True, *, dtype
     """
     seq_len = check_positive_int("seq_len", seq_len)
     window = check_positive_int("window", window)
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be a bool, got {describe(causal)}")
-    i = np.arange(seq_len)[:, None]  # (N, 1)
-    j = np.arange(seq_len)[None, :]  # (1, N)
-    if causal:
-        allowed = (j <= i) & (j > i - window)  # (N, N)
-    else:
-        allowed = np.abs(i - j) < window  # (N, N)
-    return additive_mask(allowed, dtype)
+    check_flag("causal", causal)
+    return additive_mask(allowed_sliding_window(seq_len, window, causal), dtype)  # (N, N)
 
 
 def block_local_mask(seq_len: int, block_size: int, *, dtype=None) -> np.ndarray:
@@ -101,5 +105,100 @@ def block_local_mask(seq_len: int, block_size: int, *, dtype=None) -> np.ndarray
     """
     seq_len = check_positive_int("seq_len", seq_len)
     block_size = check_positive_int("block_size", block_size)
-    block = np.arange(seq_len) // block_size  # (N,) block index of each position
-    return additive_mask(block[:, None] == block[None, :], dtype)  # (N, N)
+    return additive_mask(allowed_block_local(seq_len, block_size), dtype)  # (N, N)
+
+
+# ---- boolean masks, True = may attend (any backend: pass its arange) ----------------------
+
+
+def allowed_causal(seq_len: int, key_len: int, arange=np.arange):
+    """(L, S) boolean, True where key j <= query i (top-left aligned, torch's is_causal)."""
+    i = arange(seq_len)[:, None]  # (L, 1)  query positions
+    j = arange(key_len)[None, :]  # (1, S)  key positions
+    return j <= i  # (L, S)
+
+
+def allowed_sliding_window(seq_len: int, window: int, causal: bool, arange=np.arange):
+    """(N, N) boolean, True inside the window: i − window < j <= i (causal), else |i − j| < window."""
+    i = arange(seq_len)[:, None]  # (N, 1)
+    j = arange(seq_len)[None, :]  # (1, N)
+    if causal:
+        return (j <= i) & (j > i - window)  # (N, N)
+    return abs(i - j) < window  # (N, N)
+
+
+def allowed_block_local(seq_len: int, block_size: int, arange=np.arange):
+    """(N, N) boolean, True where query and key lie in the same block of block_size positions."""
+    block = arange(seq_len) // block_size  # (N,)  block index of each position
+    return block[:, None] == block[None, :]  # (N, N)
+
+
+# ---- MultiHeadAttention's masks ----------------------------------------------------------
+
+
+def attn_mask_shape(shape: tuple, B: int, H: int, L: int, S: int) -> tuple:
+    """The shape MultiHeadAttention reads an attn_mask of ``shape`` as, or ValueError.
+
+    (L, S) as torch: stays (L, S).   (B·H, L, S) as torch: (B, H, L, S), row b·H + h being
+    batch b, head h.   4-D: broadcastable to (B, H, L, S), each size 1 or the full one.
+    """
+    shape = tuple(shape)
+    if len(shape) == 2 and shape != (L, S):
+        raise ValueError(f"attn_mask must have shape {(L, S)} (L, S), got {shape}")
+    if len(shape) == 3 and shape != (B * H, L, S):
+        raise ValueError(f"attn_mask must have shape {(B * H, L, S)} (batch·heads, L, S), got {shape}")
+    if len(shape) == 4 and any(n not in (1, full) for n, full in zip(shape, (B, H, L, S))):
+        raise ValueError(f"attn_mask must be broadcastable to {(B, H, L, S)} (batch, heads, L, S), got {shape}")
+    return (B, H, L, S) if len(shape) == 3 else shape
+
+
+def merge_masks(attn_mask, key_padding_mask, sizes: tuple, *, is_causal: bool, window, block_size,
+                offset: int, cached: bool, ops):
+    """MultiHeadAttention's masks as the one mask its attention takes, or None.
+
+    In: attn_mask and key_padding_mask in torch.nn.MultiheadAttention's convention (boolean True
+    = masked out, float added), sizes (B, H, L, S), the layer's window and block_size.
+    Out: SDPA's convention, broadcastable to (B, H, L, S): boolean True = may attend when every
+    part is boolean, else one additive float mask in which blocked entries are −inf.
+
+    Without a cache is_causal is left to the attention (which combines it with this mask). With
+    one (cached), the L new queries sit at positions offset … offset + L − 1: they get those rows
+    of the causal, window and block masks, merged here.
+    ops: the backend's array operations (reference.attention_inputs.ArrayOps).
+    """
+    B, H, L, S = sizes
+    parts = []  # boolean: True = masked out (torch MHA's convention); float: added to the scores
+    if attn_mask is not None:
+        ops.check("attn_mask", attn_mask, ndim=(2, 3, 4), kind="bf")
+        parts.append(attn_mask.reshape(attn_mask_shape(attn_mask.shape, B, H, L, S)))  # (L, S) or (B|1, H|1, L|1, S|1)
+    if key_padding_mask is not None:
+        ops.check("key_padding_mask", key_padding_mask, kind="bf")
+        check_shape("key_padding_mask", key_padding_mask, (B, S), "batch, key length")
+        parts.append(key_padding_mask.reshape(B, 1, 1, S))  # (B, 1, 1, S)
+    end = offset + L  # one past the last new query's position
+    if cached and is_causal:
+        parts.append(~allowed_causal(end, S, ops.arange)[offset:])  # (L, S)  rows of the new queries
+    for size, name, build in (
+        (window, "window", lambda: allowed_sliding_window(end, window, is_causal, ops.arange)),
+        (block_size, "block_size", lambda: allowed_block_local(end, block_size, ops.arange)),
+    ):
+        if size is None:
+            continue
+        if end != S:
+            if not cached:
+                raise ValueError(f"{name} needs query and key of the same length, got L={L} and S={S}")
+            raise ValueError(f"{name} needs self-attention with a cache, got L={L} new queries and S={S} keys")
+        parts.append(~build()[offset:])  # (L, S)  blocked = True
+
+    allowed = None  # boolean, True = may attend
+    added = None  # float, added to the scores
+    for mask in map(ops.cast, parts):
+        if ops.kind(mask.dtype) == "b":
+            allowed = ~mask if allowed is None else allowed & ~mask
+        else:
+            added = mask if added is None else added + mask
+    if added is None:
+        return allowed  # None or boolean
+    if allowed is not None:
+        added = ops.where(allowed, added, -math.inf)  # blocked → −inf
+    return added

@@ -86,6 +86,13 @@ class Module:
     #: the array module parameters live in (numpy here; the CuPy backend sets cupy)
     xp = np
 
+    @property
+    def catalogue(self):
+        """This backend's public classes (the package ``reference``): blueprints.py builds submodules from them."""
+        import reference as catalogue
+
+        return catalogue
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
@@ -133,6 +140,11 @@ class Module:
         return grad_output
 
     # ---- parameters ----------------------------------------------------------------------
+
+    def _set_dtype(self, dtype):
+        """Resolve the construction dtype (float32 when None) and keep it as ``self.dtype``."""
+        self.dtype = resolve_dtype(dtype)
+        return self.dtype
 
     def new_parameter(self, value: np.ndarray, dtype) -> Parameter:
         """A Parameter holding ``value`` (made by NumPy, so seeds agree on every backend)."""
@@ -190,26 +202,9 @@ class Module:
         Missing or unexpected keys raise ValueError when ``strict``; a shape mismatch always
         does. Nothing is changed unless every check passes.
         """
-        if not hasattr(state_dict, "items"):
-            raise TypeError(f"state_dict must be a mapping of name -> array, got {describe(state_dict)}")
         params = dict(self.named_parameters())
-        missing = [k for k in params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in params]
-        if strict and (missing or unexpected):
-            raise ValueError(
-                f"state_dict does not match {type(self).__name__}: "
-                f"missing keys {missing}, unexpected keys {unexpected}"
-            )
-        staged = {}
-        for name, p in params.items():
-            if name not in state_dict:
-                continue
-            value = state_dict[name]
-            if not hasattr(value, "shape"):
-                raise TypeError(f"state_dict[{name!r}] must be an array, got {describe(value)}")
-            if tuple(value.shape) != p.shape:
-                raise ValueError(f"state_dict[{name!r}] must have shape {p.shape}, got {tuple(value.shape)}")
-            staged[name] = self.xp.asarray(to_numpy(value), dtype=p.dtype)
+        staged, missing, unexpected = stage_state_dict(
+            self, state_dict, params, strict, lambda value, p: self.xp.asarray(to_numpy(value), dtype=p.dtype))
         for name, value in staged.items():
             params[name].data = value.copy()
         return IncompatibleKeys(missing, unexpected)
@@ -226,6 +221,36 @@ class Module:
             lines.append(f"  ({name}): " + child_lines[0])
             lines.extend("  " + line for line in child_lines[1:])
         return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def stage_state_dict(module, state_dict, targets: dict, strict: bool, convert) -> tuple[dict, list, list]:
+    """Check every entry of ``state_dict`` against ``targets`` (name -> the array it replaces) before
+    anything changes; every backend's ``load_state_dict`` calls this.
+
+    Missing or unexpected keys raise ValueError when ``strict``; a value that is not an array
+    raises TypeError, one of another shape ValueError. Returns ({name: convert(value, target)}
+    for the keys present, missing keys, unexpected keys).
+    """
+    if not hasattr(state_dict, "items"):
+        raise TypeError(f"state_dict must be a mapping of name -> array, got {describe(state_dict)}")
+    missing = [k for k in targets if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in targets]
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"state_dict does not match {type(module).__name__}: "
+            f"missing keys {missing}, unexpected keys {unexpected}"
+        )
+    staged = {}
+    for name, target in targets.items():
+        if name not in state_dict:
+            continue
+        value = state_dict[name]
+        if not hasattr(value, "shape"):
+            raise TypeError(f"state_dict[{name!r}] must be an array, got {describe(value)}")
+        if tuple(value.shape) != tuple(target.shape):
+            raise ValueError(f"state_dict[{name!r}] must have shape {tuple(target.shape)}, got {tuple(value.shape)}")
+        staged[name] = convert(value, target)
+    return staged, missing, unexpected
 
 
 class ModuleList(Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_positive_int, check_size
+from .checks import check_array, check_positive_int, check_size, check_table_window
 from .module import Module, make_rng
 
 
@@ -20,20 +20,6 @@ def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
     table[:, 0::2] = np.sin(angles)  # (max_len, ⌈d/2⌉)  even columns
     table[:, 1::2] = np.cos(angles[:, : d_model // 2])  # (max_len, ⌊d/2⌋)  odd columns
     return table
-
-
-def _positions(x, offset, d_model: int, max_len: int, xp, dtype=None) -> tuple[int, int]:
-    """Check x (batch, seq, d_model) and offset; return the rows [start, end) of the table it uses."""
-    check_array("x", x, ndim=3, kind="f", dtype=dtype, xp=xp)
-    check_size("x", x, -1, d_model, "d_model")
-    offset = check_positive_int("offset", offset, minimum=0)
-    end = offset + x.shape[1]
-    if end > max_len:
-        raise ValueError(
-            f"x has {x.shape[1]} positions starting at offset {offset}, reaching position {end - 1}, "
-            f"but the positional table has max_len {max_len} (positions 0..{max_len - 1})"
-        )
-    return offset, end
 
 
 class SinusoidalPositionalEncoding(Module):
@@ -103,3 +89,10 @@ class LearnedPositionalEmbedding(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}"
+
+
+def _positions(x, offset, d_model: int, max_len: int, xp, dtype=None) -> tuple[int, int]:
+    """Check x (batch, seq, d_model) and offset; return the rows [start, end) of the table it uses."""
+    check_array("x", x, ndim=3, kind="f", dtype=dtype, xp=xp)
+    check_size("x", x, -1, d_model, "d_model")
+    return check_table_window(x, offset, max_len)

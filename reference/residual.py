@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from .checks import check_choice
-from .layer_norm import LayerNorm
-from .rms_norm import RMSNorm
-
-NORMS = {"layernorm", "rmsnorm"}
-
-
-def make_norm(norm: str, d_model: int, eps: float, bias: bool, dtype):
-    """LayerNorm (with a bias unless bias=False, as torch's layers) or RMSNorm."""
-    check_choice("norm", norm, NORMS)
-    if norm == "rmsnorm":
-        return RMSNorm(d_model, eps, dtype=dtype)
-    return LayerNorm(d_model, eps, bias=bias, dtype=dtype)
-
 
 def residual_forward(x, norm_first: bool, norm, sublayer, dropout):
     r"""One sub-layer with its residual connection.
 
     post-norm (the paper):  y = Norm(x + Dropout(Sublayer(x)))
     pre-norm:               y = x + Dropout(Sublayer(Norm(x)))
-    ``sublayer`` is a function of one array (other inputs bound in a closure).
+    ``sublayer`` is a function of one array (other inputs bound in a closure). Every backend
+    runs this function: it only composes the modules it is given.
     """
     if norm_first:
         return x + dropout(sublayer(norm(x)))  # (B, N, d)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_positive_int, check_size
-from .layer_norm import check_eps
+from .checks import check_array, check_eps, check_features, check_positive_int
 from .module import Module
 
 
@@ -32,9 +31,7 @@ class RMSNorm(Module):
 
     def forward(self, x):
         check_array("x", x, dtype=self.dtype, xp=self.xp)
-        if x.ndim == 0:
-            raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-        check_size("x", x, -1, self.d_model, "d_model")
+        check_features("x", x, self.d_model, "d_model")
         xp = array_namespace(x)
         mean_square = xp.mean(x * x, axis=-1, keepdims=True)  # (..., 1)  mean(x²)
         rstd = 1.0 / xp.sqrt(mean_square + self.eps)  # (..., 1)  r

@@ -47,27 +47,13 @@ class RotaryEmbedding(Module):
         self.cos_table = self.xp.asarray(np.concatenate([np.cos(angles)] * 2, axis=-1))  # (max_len, d)
         self.sin_table = self.xp.asarray(np.concatenate([np.sin(angles)] * 2, axis=-1))  # (max_len, d)
 
-    def _tables(self, name, x, offset):
-        check_array(name, x, kind="f", xp=self.xp)
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., seq, head_dim), got {tuple(x.shape)}")
-        check_size(name, x, -1, self.head_dim, "head_dim")
-        end = offset + x.shape[-2]
-        if end > self.max_len:
-            raise ValueError(
-                f"{name} reaches position {end - 1} but the rotary table has max_len {self.max_len}"
-            )
-        cos = self.cos_table[offset:end].astype(x.dtype)  # (N, d)
-        sin = self.sin_table[offset:end].astype(x.dtype)  # (N, d)
-        return cos, sin
-
     def forward(self, query, key, offset: int = 0):
         offset = check_positive_int("offset", offset, minimum=0)
-        q_cos, q_sin = self._tables("query", query, offset)
-        k_cos, k_sin = self._tables("key", key, offset)
-        self.save_for_backward(q=(query.shape, q_cos, q_sin), k=(key.shape, k_cos, k_sin))
-        q_rot = query * q_cos + rotate_half(query) * q_sin  # (..., Nq, d)
+        q_cos, q_sin = self._tables("query", query, offset)  # (Nq, d) ×2  c, s at the query positions
+        k_cos, k_sin = self._tables("key", key, offset)  # (Nk, d) ×2
+        q_rot = query * q_cos + rotate_half(query) * q_sin  # (..., Nq, d)  y = x ⊙ c + R(x) ⊙ s
         k_rot = key * k_cos + rotate_half(key) * k_sin  # (..., Nk, d)
+        self.save_for_backward(q=(query.shape, q_cos, q_sin), k=(key.shape, k_cos, k_sin))
         return q_rot, k_rot
 
     def backward(self, grad_output):
@@ -78,8 +64,28 @@ class RotaryEmbedding(Module):
         for name, dy in zip(("q", "k"), grad_output):
             shape, cos, sin = saved[name]
             dy = self.check_grad_output(dy, shape, f"grad_output[{len(grads)}]")
-            grads.append(dy * cos + rotate_half_transpose(dy * sin))  # dx = dy⊙c + Rᵀ(dy⊙s)
+            grads.append(dy * cos + rotate_half_transpose(dy * sin))  # (..., N, d)  ← from y = x ⊙ c + R(x) ⊙ s
         return tuple(grads)
+
+    def _tables(self, name, x, offset):
+        """c, s (N, d) at positions offset … offset + N − 1, in x's dtype."""
+        check_array(name, x, kind="f", xp=self.xp)
+        end = rotary_positions(name, x, offset, self.head_dim, self.max_len)
+        return self.cos_table[offset:end].astype(x.dtype), self.sin_table[offset:end].astype(x.dtype)  # (N, d) ×2
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_len={self.max_len}, base={self.base}"
+
+
+def rotary_positions(name: str, x, offset: int, head_dim: int, max_len: int) -> int:
+    """x (..., N, head_dim) (any backend's array) at positions offset … offset + N − 1: returns offset + N.
+
+    Raises ValueError when x has fewer than 2 dimensions, another head_dim, or reaches past max_len.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., seq, head_dim), got {tuple(x.shape)}")
+    check_size(name, x, -1, head_dim, "head_dim")
+    end = offset + x.shape[-2]
+    if end > max_len:
+        raise ValueError(f"{name} reaches position {end - 1} but the rotary table has max_len {max_len}")
+    return end

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from .arrays import resolve_dtype
-from .checks import check_array, check_choice, check_positive_int, check_size
-from .dropout import Dropout
-from .embedding import Embedding
-from .module import Module, ModuleList, child_seed
-from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
-from .residual import make_norm
-
-POSITIONALS = {"sinusoidal", "learned", None}
+from .checks import check_array, check_size, check_vocabulary, dtype_kind
+from .kv_cache import check_cache
+from .module import Module
 
 
 class EmbeddedStack(Module):
@@ -19,52 +13,20 @@ class EmbeddedStack(Module):
     Forward:   x = Dropout(P + (E[ids]·√d  or  given embeddings))     (B, N, d)
     Backward:  d embeddings = Dropout'ᵀ dx (a sinusoidal table is constant; a learned table
                gets Σ_batch of it); token ids get none, E.grad gets it scattered by id.
+
+    Submodules (built by blueprints.build_stack): embedding (None without a vocabulary),
+    positional (None without positions), dropout.
     """
 
-    def build_stack(self, layer_class, d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first,
-                    layer_norm_eps, bias, num_kv_heads, norm, rotary, window, block_size, final_norm, vocab_size,
-                    max_len, positional, scale_embedding, padding_idx, *, seed, dtype):
-        """Input end, ``num_layers`` layers of ``layer_class`` and the optional final norm."""
-        check_positive_int("num_layers", num_layers)
-        self.build_input(d_model, dropout, vocab_size, max_len, positional, scale_embedding, padding_idx,
-                         seed=seed, dtype=dtype)
-        self.layers = ModuleList(
-            layer_class(
-                d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps, bias, num_kv_heads,
-                norm, rotary, window, block_size, seed=child_seed(seed, f"layers.{i}"), dtype=dtype,
-            )
-            for i in range(num_layers)
-        )
-        self.norm = make_norm(norm, d_model, layer_norm_eps, bias, dtype) if final_norm else None
-
-    def build_input(self, d_model, dropout, vocab_size, max_len, positional, scale_embedding, padding_idx,
-                    *, seed, dtype):
-        self.d_model = check_positive_int("d_model", d_model)
-        self.dtype = resolve_dtype(dtype)
-        check_choice("positional", positional, POSITIONALS)
-        self.embedding = None
-        if vocab_size is not None:
-            self.embedding = Embedding(vocab_size, d_model, padding_idx, scale_embedding,
-                                       seed=child_seed(seed, "embedding"), dtype=dtype)
-        self.positional = None
-        if positional == "sinusoidal":
-            self.positional = SinusoidalPositionalEncoding(d_model, max_len)
-        elif positional == "learned":
-            self.positional = LearnedPositionalEmbedding(d_model, max_len, seed=child_seed(seed, "positional"),
-                                                         dtype=dtype)
-        self.dropout = Dropout(dropout, seed=child_seed(seed, "dropout"))
-
-    def embed(self, tokens_or_embeddings, name: str, offset: int = 0):
+    def embed(self, tokens_or_embeddings, name: str, cache=None):
+        """The first layer's input (B, N, d); with a cache the N positions start at cache.length."""
+        offset = 0 if check_cache(cache) is None else cache.length  # tokens already cached
         x = tokens_or_embeddings
-        from_ids = hasattr(x, "dtype") and x.dtype.kind in "iu"
+        from_ids = hasattr(x, "dtype") and dtype_kind(x.dtype) in "iu"
         if from_ids:
-            if self.embedding is None:
-                raise TypeError(
-                    f"{name} must be float embeddings of shape (batch, seq, {self.d_model}) because this "
-                    f"stack has no vocabulary (vocab_size=None), got integer token ids of shape {tuple(x.shape)}"
-                )
+            check_vocabulary(name, x, self.embedding is not None, self.d_model)
             check_array(name, x, ndim=2, xp=self.xp)
-            x = self.embedding(x)  # (B, N, d)
+            x = self.embedding(x)  # (B, N, d)  E[ids] (·√d with scale_embedding)
         else:
             check_array(name, x, ndim=3, dtype=self.dtype, xp=self.xp)
             check_size(name, x, -1, self.d_model, "d_model")
@@ -75,10 +37,10 @@ class EmbeddedStack(Module):
 
     def embed_backward(self, dx):
         from_ids = self.saved()["from_ids"]
-        dx = self.dropout.backward(dx)  # (B, N, d)
+        dx = self.dropout.backward(dx)  # (B, N, d)  ← from x = Dropout(...)
         if self.positional is not None:
-            dx = self.positional.backward(dx)  # ← x + P
+            dx = self.positional.backward(dx)  # ← from x + P
         if from_ids:
-            self.embedding.backward(dx)  # ← E[ids]: into embedding.weight.grad
+            self.embedding.backward(dx)  # ← from E[ids]: into embedding.weight.grad
             return None
         return dx

@@ -30,7 +30,7 @@ import importlib
 
 import numpy as np
 
-from reference.attention import _check_mask, _check_qkv, _check_scale
+from reference.attention_inputs import array_check, check_sdpa_arguments
 
 FLASH_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -112,13 +112,12 @@ class FlashScaledDotProductAttention:
         fk = flash_kernels()
         if fk is None or not fk.supports(query, key, value):  # e.g. head dim > 128: the shared path
             return None
-        _check_qkv(query, key, value, enable_gqa, xp)  # bad input raises the reference's errors
-        scale = _check_scale(scale, query.shape[-1])
+        # bad input raises the reference's errors (the rules of reference/attention_inputs.py)
+        _, scale = check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, array_check(xp))
         B, H, L, _ = query.shape
         S = key.shape[-2]
         key_valid = None
         if attn_mask is not None:
-            _check_mask(attn_mask, query.shape[:-2] + (L, S), xp)
             key_valid = key_padding_only(attn_mask, xp, B, H, L, S)
             if key_valid is None:
                 return None

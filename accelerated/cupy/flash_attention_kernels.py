@@ -1,7 +1,8 @@
-"""Launcher of the fused flash-attention CUDA kernels (kernels/flash_attention.cu) through cupy.RawModule.
+"""Launcher of the fused flash-attention CUDA kernels (kernels/flash_attention_fwd.cu and
+kernels/flash_attention_bwd.cu) through cupy.RawModule.
 
-The pure-Python parts (kernel names, grid sizes, argument checks) need no CuPy and are tested
-on any machine; CuPy is imported only inside the functions that compile or launch.
+The pure-Python parts (kernel names, grid sizes, tile tables, argument checks) need no CuPy and are
+tested on any machine; CuPy is imported only inside the functions that compile or launch.
 
     out, lse = flash_attention_forward(q, k, v, *, scale=None, causal=False, key_valid=None)
     dq, dk, dv = flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=False,
@@ -12,14 +13,22 @@ head h // (H/Hkv)) and E, Ev <= 128 (zero-padded to the compiled 32/64/128); key
 bool/int8 with True/1 = may attend; causal is top-left aligned as in torch SDPA. lse (B, H, L) float32 is the log-sum-exp of each row's scaled scores (−inf for a
 fully masked row, whose output is 0). bfloat16 arrays are accepted as a dtype named "bfloat16"
 or as uint16 storage with element_type="bfloat16".
+
+Both launchers take ``kernels=FlashKernels(tiles)`` to run kernels compiled with other tile sizes
+(the kernel lab, accelerated/cupy/lab.py); by default they use the files as they are.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
-KERNEL_FILE = Path(__file__).with_name("kernels") / "flash_attention.cu"
+KERNEL_DIR = Path(__file__).with_name("kernels")
+#: the compiled kernel files: the forward's, and the backward's (preprocess, backward, dq conversion)
+KERNEL_FILES = {"fwd": KERNEL_DIR / "flash_attention_fwd.cu", "bwd": KERNEL_DIR / "flash_attention_bwd.cu"}
+#: the headers both include (with common.cuh): layouts and tile loaders; the tensor-core primitives
+HEADER_FILES = (KERNEL_DIR / "flash_attention.cuh", KERNEL_DIR / "mma.cuh")
 
 #: element type name -> the tag in the kernel names
 DTYPE_TAGS = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
@@ -30,20 +39,65 @@ FORWARD_BLOCK_M = {"float32": 16, "float16": 64, "bfloat16": 64}
 PREPROCESS_ROWS_PER_BLOCK = THREADS // 32
 CONVERT_THREADS = 256
 
-_module = None
-
-
 #: keys per backward block of the tensor-core kernels (float16, bfloat16): one 16-key slice per warp
 MMA_BACKWARD_BLOCK = 64
 
 
-def backward_block(head_dim: int, element_type: str) -> int:
+class Tile(NamedTuple):
+    """A tile size the kernels take as a compile-time macro ``<prefix>_D<head dim>``."""
+    kind: str            # the kernel file it shapes: "fwd" or "bwd"
+    element_types: tuple  # the element types whose kernels use it
+    meaning: str
+    sizes: dict          # head dim -> (default, allowed values)
+
+
+#: Tile sizes that are a compile-time choice, by macro prefix. The defaults are the files' own
+#: (#ifndef defaults; a test reads them there); the allowed values are those the kernels' static
+#: asserts and 48 KB of static shared memory admit (the comments above the macros say why).
+TILES = {
+    "FA_FWD_MMA_BN": Tile("fwd", ("float16", "bfloat16"), "keys per tile of the tensor-core forward",
+                          {32: (64, (32, 64, 128)), 64: (64, (32, 64)), 128: (32, (32,))}),
+    "FA_BWD_MMA_BM": Tile("bwd", ("float16", "bfloat16"), "query rows per tile of the tensor-core backward",
+                          {32: (64, (32, 64)), 64: (64, (16, 32, 64)), 128: (16, (16,))}),
+    "FA_BWD_SIMT_BN": Tile("bwd", ("float32",), "keys (and query rows) per block of the float32 backward",
+                           {32: (32, (16, 32)), 64: (32, (16, 32)), 128: (16, (16,))}),
+}
+
+
+def tile_macro(prefix: str, head_dim: int) -> str:
+    """The macro of tile ``prefix`` at ``head_dim``: FA_FWD_MMA_BN_D64, ..."""
+    return f"{prefix}_D{check_head_dim(head_dim)}"
+
+
+def default_tile(prefix: str, head_dim: int) -> int:
+    return TILES[prefix].sizes[check_head_dim(head_dim)][0]
+
+
+def check_tiles(tiles) -> dict:
+    """{macro: size} checked against TILES (a known macro, an allowed size); returns a plain dict."""
+    checked = {}
+    for macro, size in dict(tiles or {}).items():
+        prefix, _, dim = str(macro).rpartition("_D")
+        if prefix not in TILES or not dim.isdigit() or int(dim) not in HEAD_DIMS:
+            known = ", ".join(f"{p}_D<{'|'.join(map(str, HEAD_DIMS))}>" for p in TILES)
+            raise ValueError(f"tile macro must be one of {known}, got {macro!r}")
+        allowed = TILES[prefix].sizes[int(dim)][1]
+        if isinstance(size, bool) or not isinstance(size, int) or size not in allowed:
+            raise ValueError(f"{macro} ({TILES[prefix].meaning} at head dim {dim}) must be one of {allowed}, "
+                             f"got {size!r}")
+        checked[str(macro)] = size
+    return checked
+
+
+def backward_block(head_dim: int, element_type: str, tiles=None) -> int:
     """Keys per backward block: 64 for the tensor-core kernels (float16, bfloat16); for the float32
-    FMA kernel 32, or 16 at head dim 128 (shared memory)."""
+    FMA kernel FA_BWD_SIMT_BN_D<head_dim> (32, or 16 at head dim 128: shared memory), from ``tiles``
+    ({macro: size}) when it names it."""
     check_head_dim(head_dim)
     if check_element_type(element_type) != "float32":
         return MMA_BACKWARD_BLOCK
-    return 16 if head_dim == 128 else 32
+    macro = tile_macro("FA_BWD_SIMT_BN", head_dim)
+    return check_tiles(tiles).get(macro, default_tile("FA_BWD_SIMT_BN", head_dim))
 
 
 def check_head_dim(head_dim) -> int:
@@ -58,6 +112,14 @@ def check_element_type(element_type) -> str:
             f"element_type must be one of {sorted(DTYPE_TAGS)} (the compiled kernels), got {element_type!r}"
         )
     return element_type
+
+
+def kernel_file(name: str) -> Path:
+    """The .cu file that defines kernel ``name``: flash_fwd_* the forward's, flash_bwd_* the backward's."""
+    for prefix, kind in (("flash_fwd_", "fwd"), ("flash_bwd_", "bwd")):
+        if name.startswith(prefix):
+            return KERNEL_FILES[kind]
+    raise ValueError(f"{name!r} is not a flash-attention kernel name (flash_fwd_* or flash_bwd_*)")
 
 
 def kernel_name(kind: str, element_type: str, head_dim: int) -> str:
@@ -75,7 +137,7 @@ def convert_kernel_name(element_type: str) -> str | None:
 
 
 def all_kernel_names() -> tuple:
-    """Every extern "C" kernel the .cu file defines."""
+    """Every extern "C" kernel the two .cu files define."""
     names = [kernel_name(kind, e, d) for e in DTYPE_TAGS for d in HEAD_DIMS for kind in ("fwd", "bwd_preprocess", "bwd")]
     names += [convert_kernel_name(e) for e in DTYPE_TAGS if convert_kernel_name(e)]
     return tuple(names)
@@ -108,10 +170,10 @@ def preprocess_grid(batch: int, heads: int, q_len: int) -> tuple:
     return (max(_ceil_div(rows, PREPROCESS_ROWS_PER_BLOCK), 1), 1, 1), (THREADS, 1, 1)
 
 
-def backward_grid(batch: int, kv_heads: int, k_len: int, head_dim: int, element_type: str) -> tuple:
-    """(grid, block) of flash_bwd_*: one block per backward_block(head_dim, element_type) keys of one
-    (batch, kv head)."""
-    bn = backward_block(head_dim, element_type)
+def backward_grid(batch: int, kv_heads: int, k_len: int, head_dim: int, element_type: str, tiles=None) -> tuple:
+    """(grid, block) of flash_bwd_*: one block per backward_block(head_dim, element_type, tiles) keys of
+    one (batch, kv head)."""
+    bn = backward_block(head_dim, element_type, tiles)
     return (max(_ceil_div(k_len, bn), 1), check_batch_heads(batch, kv_heads), 1), (THREADS, 1, 1)
 
 
@@ -194,19 +256,44 @@ def element_type_of(dtype, element_type=None) -> str:
 # CuPy part: compiled once per process, on first use.
 # ------------------------------------------------------------------------------------------------
 
-def load_module():
-    """The compiled cupy.RawModule of flash_attention.cu (NVRTC, on first call)."""
-    global _module
-    if _module is None:
-        # a package-relative import: only reached where CuPy runs
-        from .nvrtc import raw_module
+class FlashKernels:
+    """The two kernel files compiled by NVRTC (cupy.RawModule), each on first use.
 
-        _module = raw_module(KERNEL_FILE)
-    return _module
+    tiles: {macro: size} (see TILES), prepended to the source as #define lines, which the files'
+    #ifndef defaults then leave alone (what -D would do, and the same text for NVRTC and the CPU
+    emulator's stand-in RawModule). None or {}: the files as they are.
+    """
+
+    def __init__(self, tiles=None):
+        self.tiles = check_tiles(tiles)
+        self._modules = {}
+
+    def module(self, kind: str):
+        """The compiled cupy.RawModule of KERNEL_FILES[kind] ("fwd" or "bwd")."""
+        if kind not in self._modules:
+            # a package-relative import: only reached where CuPy runs
+            from .nvrtc import raw_module
+
+            self._modules[kind] = raw_module(KERNEL_FILES[kind], defines=self.tiles)
+        return self._modules[kind]
+
+    def function(self, name: str):
+        return self.module("fwd" if kernel_file(name) == KERNEL_FILES["fwd"] else "bwd").get_function(name)
+
+
+_DEFAULT = None
+
+
+def default_kernels() -> FlashKernels:
+    """The kernels as the files define them, compiled once per process (the backend's)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = FlashKernels()
+    return _DEFAULT
 
 
 def get_kernel(name: str):
-    return load_module().get_function(name)
+    return default_kernels().function(name)
 
 
 def device_pointer(x) -> int:
@@ -248,10 +335,11 @@ def _cut(x, n: int, cupy):
     return x if x.shape[-1] == n else cupy.ascontiguousarray(x[..., :n])
 
 
-def flash_attention_forward(q, k, v, *, scale=None, causal=False, key_valid=None, element_type=None):
-    """(out (B, H, L, Ev) in q's dtype, lse (B, H, L) float32)."""
+def flash_attention_forward(q, k, v, *, scale=None, causal=False, key_valid=None, element_type=None, kernels=None):
+    """(out (B, H, L, Ev) in q's dtype, lse (B, H, L) float32). kernels: a FlashKernels (default: the files')."""
     import cupy
 
+    kernels = default_kernels() if kernels is None else kernels
     etype = element_type_of(q.dtype, element_type)
     _check_dtypes(q, (("key", k), ("value", v)))
     B, H, Hkv, L, S, E, Ev = check_shapes(q.shape, k.shape, v.shape, None if key_valid is None else key_valid.shape)
@@ -264,7 +352,7 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, key_valid=None
     if out.size == 0:
         return _cut(out, Ev, cupy), lse
     grid, block = forward_grid(B, H, L, etype)
-    get_kernel(kernel_name("fwd", etype, d))(
+    kernels.function(kernel_name("fwd", etype, d))(
         grid, block,
         (q, k, v, _null_or(mask, cupy), out, lse, cupy.int32(H), cupy.int32(Hkv), cupy.int32(L), cupy.int32(S),
          cupy.float32(scale), cupy.int32(bool(causal))),
@@ -272,10 +360,13 @@ def flash_attention_forward(q, k, v, *, scale=None, causal=False, key_valid=None
     return _cut(out, Ev, cupy), lse
 
 
-def flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=False, key_valid=None, element_type=None):
-    """(dq, dk, dv) in the inputs' dtype, by recomputation from lse; 0 for fully masked rows."""
+def flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=False, key_valid=None, element_type=None,
+                             kernels=None):
+    """(dq, dk, dv) in the inputs' dtype, by recomputation from lse; 0 for fully masked rows.
+    kernels: a FlashKernels (default: the files')."""
     import cupy
 
+    kernels = default_kernels() if kernels is None else kernels
     etype = element_type_of(q.dtype, element_type)
     _check_dtypes(q, (("key", k), ("value", v), ("out", out), ("d_out", d_out)))
     B, H, Hkv, L, S, E, Ev = check_shapes(q.shape, k.shape, v.shape, None if key_valid is None else key_valid.shape)
@@ -297,9 +388,9 @@ def flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=Fal
     if launch:
         delta = cupy.empty((B, H, L), dtype=cupy.float32)
         grid, block = preprocess_grid(B, H, L)
-        get_kernel(kernel_name("bwd_preprocess", etype, d))(grid, block, (out, d_out, delta, cupy.int64(B * H * L)))
-        grid, block = backward_grid(B, Hkv, S, d, etype)
-        get_kernel(kernel_name("bwd", etype, d))(
+        kernels.function(kernel_name("bwd_preprocess", etype, d))(grid, block, (out, d_out, delta, cupy.int64(B * H * L)))
+        grid, block = backward_grid(B, Hkv, S, d, etype, kernels.tiles)
+        kernels.function(kernel_name("bwd", etype, d))(
             grid, block,
             (q, k, v, _null_or(mask, cupy), d_out, lse, delta, dq_accum, dk, dv, cupy.int32(H), cupy.int32(Hkv),
              cupy.int32(L), cupy.int32(S), cupy.float32(scale), cupy.int32(bool(causal))),
@@ -311,5 +402,5 @@ def flash_attention_backward(q, k, v, out, lse, d_out, *, scale=None, causal=Fal
         dq = cupy.empty_like(q)
         if dq.size:
             grid, block = convert_grid(dq.size)
-            get_kernel(convert)(grid, block, (dq_accum, dq, cupy.int64(dq.size)))
+            kernels.function(convert)(grid, block, (dq_accum, dq, cupy.int64(dq.size)))
     return _cut(dq, E, cupy), _cut(dk, E, cupy), _cut(dv, Ev, cupy)

@@ -63,17 +63,29 @@ def cuda_include_dir() -> Path | None:
 
 
 def compile_options() -> tuple:
-    """NVRTC options for kernels/*.cu: the C++ standard, -I<kernels/> (their shared common.cuh) and,
-    when found, -I<the CUDA headers>. NVRTC compiles a string, so even common.cuh needs the -I."""
+    """NVRTC options for kernels/*.cu: the C++ standard, -I<kernels/> (their shared headers: common.cuh,
+    mma.cuh, flash_attention.cuh) and, when found, -I<the CUDA headers>. NVRTC compiles a string, so
+    even a header beside the file needs the -I."""
     include = cuda_include_dir()
     return LANGUAGE_OPTIONS + (f"-I{KERNEL_DIR}",) + ((f"-I{include}",) if include is not None else ())
 
 
-def raw_module(path: Path):
-    """The cupy.RawModule of kernel source ``path``, compiled now with compile_options() (NVRTC)."""
+def source_with_defines(path: Path, defines=None) -> str:
+    """The text of kernel source ``path``, after one ``#define NAME VALUE`` line per entry of ``defines``
+    (what ``-DNAME=VALUE`` does; a line of text means NVRTC and the CPU emulator compile the same)."""
+    text = Path(path).read_text()
+    if not defines:
+        return text
+    lines = "".join(f"#define {name} {value}\n" for name, value in defines.items())
+    return f"// {Path(path).name} with {', '.join(f'{n}={v}' for n, v in defines.items())}\n{lines}{text}"
+
+
+def raw_module(path: Path, defines=None):
+    """The cupy.RawModule of kernel source ``path`` (with ``defines``, see source_with_defines),
+    compiled now with compile_options() (NVRTC)."""
     import cupy
 
-    module = cupy.RawModule(code=Path(path).read_text(), options=compile_options())
+    module = cupy.RawModule(code=source_with_defines(path, defines), options=compile_options())
     try:
         module.compile()
     except cupy.cuda.compiler.CompileException as error:

@@ -55,12 +55,3 @@ class SiLU(Elementwise):
 
     def function(self, x):
         return F.silu(x)
-
-
-#: activation name (FeedForward's ``activation``) -> module factory
-ACTIVATIONS = {
-    "relu": ReLU,
-    "gelu": GELU,
-    "gelu_tanh": lambda: GELU("tanh"),
-    "silu": SiLU,
-}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reference.attention import _broadcast_shape, _check_scale, check_qkv_shapes
+from reference.attention_inputs import check_qkv, check_scale, check_sdpa_arguments
+from reference.masks import allowed_causal
 
-from .checks import check_flag, check_probability, check_tensor
+from .checks import check_probability, check_tensor
 from .dropout import dropout_scale
-from .masks import allowed_causal
+from .masks import torch_arange
 from .module import Module
 
 
@@ -67,19 +68,15 @@ class ScaledDotProductAttention(Module):
                 "ScaledDotProductAttention.attention_weights needs a forward pass first (called directly, or "
                 "inside MultiHeadAttention with need_weights=True), got none"
             )
-        group = _check_qkv(args["query"], args["key"], args["value"], args["enable_gqa"])
-        scale = _check_scale(args["scale"], args["query"].shape[-1])
+        group = check_qkv(args["query"], args["key"], args["value"], args["enable_gqa"], check_tensor)
+        scale = check_scale(args["scale"], args["query"].shape[-1])
         with torch.no_grad():
             _, probs = attend(args["query"], args["key"], args["value"], args["attn_mask"], 0.0, args["is_causal"],
                               scale, group, need_weights=True)
         return probs
 
     def _prepare(self, query, key, value, attn_mask, is_causal, scale, enable_gqa):
-        group = _check_qkv(query, key, value, enable_gqa)
-        scale = _check_scale(scale, query.shape[-1])
-        check_flag("is_causal", is_causal)
-        if attn_mask is not None:
-            _check_mask(attn_mask, query.shape[:-2] + (query.shape[-2], key.shape[-2]))
+        group, scale = check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, check_tensor)
         self.__dict__["_weights"] = None
         return group, scale, self.dropout_p if self.training else 0.0
 
@@ -112,11 +109,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     always applied, as in torch's functional. Gradients: autograd.
     """
     p = check_probability("dropout_p", dropout_p)  # first, as the reference (it builds its module first)
-    group = _check_qkv(query, key, value, enable_gqa)
-    scale = _check_scale(scale, query.shape[-1])
-    check_flag("is_causal", is_causal)
-    if attn_mask is not None:
-        _check_mask(attn_mask, query.shape[:-2] + (query.shape[-2], key.shape[-2]))
+    group, scale = check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, check_tensor)
     out, _ = attend(query, key, value, attn_mask, p, bool(is_causal), scale, group, need_weights=False)
     return out
 
@@ -128,8 +121,10 @@ def attend(query, key, value, attn_mask, dropout_p: float, is_causal: bool, scal
     mask = attn_mask
     if mask is not None:
         mask = mask.to(device=query.device, dtype=mask.dtype if mask.dtype == torch.bool else query.dtype)
+        if mask.ndim < 2:  # a 0-D or (S|1,) mask broadcasts as one row; torch's kernels want (..., L|1, S|1)
+            mask = mask.reshape((1,) * (2 - mask.ndim) + tuple(mask.shape))
         if is_causal:  # torch's kernels take one or the other: fold the causal mask in
-            causal = allowed_causal(L, S, query.device)  # (L, S)
+            causal = allowed_causal(L, S, torch_arange(query.device))  # (L, S)
             mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
             is_causal = False
     if need_weights:
@@ -152,11 +147,12 @@ def _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, g
     """Attention with P formed explicitly (for need_weights): O = dropout(P) V."""
     k = key.repeat_interleave(group, dim=-3) if group > 1 else key  # (..., H, S, E)
     v = value.repeat_interleave(group, dim=-3) if group > 1 else value  # (..., H, S, Ev)
-    scores = (query @ k.transpose(-1, -2)) * scale  # (..., L, S)
+    scores = (query @ k.transpose(-1, -2)) * scale  # (..., L, S)  A = scale · Q Kᵀ
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     if is_causal:
-        scores = scores.masked_fill(~allowed_causal(query.shape[-2], key.shape[-2], query.device), float("-inf"))
+        causal = allowed_causal(query.shape[-2], key.shape[-2], torch_arange(query.device))  # (L, S)
+        scores = scores.masked_fill(~causal, float("-inf"))
     probs = masked_softmax(scores)  # (..., L, S)
     dropped = probs * dropout_scale(probs, dropout_p, generator) if dropout_p > 0 else probs
     return dropped @ v, probs  # (..., L, Ev), (..., L, S)
@@ -167,26 +163,6 @@ def masked_softmax(scores: torch.Tensor) -> torch.Tensor:
     row_ok = (scores > float("-inf")).any(dim=-1, keepdim=True)  # (..., 1)
     probs = torch.softmax(scores.masked_fill(~row_ok, 0.0), dim=-1)  # (..., S)  finite everywhere
     return probs.masked_fill(~row_ok, 0.0)
-
-
-def _check_qkv(query, key, value, enable_gqa) -> int:
-    """Validate the three inputs as the reference does; return the query heads per kv head."""
-    check_flag("enable_gqa", enable_gqa)
-    check_tensor("query", query, kind="f")
-    check_tensor("key", key)
-    check_tensor("value", value)
-    return check_qkv_shapes(query, key, value, enable_gqa)
-
-
-def _check_mask(attn_mask, target_shape: tuple):
-    """attn_mask: boolean or floating, broadcastable to target_shape (..., L, S)."""
-    check_tensor("attn_mask", attn_mask, kind="bf")
-    target_shape = tuple(target_shape)
-    if attn_mask.ndim > len(target_shape) or _broadcast_shape(tuple(attn_mask.shape), target_shape) != target_shape:
-        raise ValueError(
-            f"attn_mask must be broadcastable to {target_shape} (..., L, S), got shape {tuple(attn_mask.shape)}"
-        )
-    return attn_mask
 
 
 __all__ = ["ScaledDotProductAttention", "attend", "masked_softmax", "scaled_dot_product_attention"]

@@ -1,38 +1,22 @@
-"""Argument checks on torch tensors, raising what reference/checks.py raises for the same input.
+"""Argument checks on torch tensors: the reference's (reference/checks.py), raising what it raises.
 
-The checks on plain Python values (sizes, probabilities, choices) are the reference's own,
-imported from reference/checks.py; only the array checks need torch's view of dtypes.
+Checks of plain values (sizes, probabilities, choices) are the reference's as they are. Its
+array checks take the backend's array module; ``TENSORS`` shows torch to them as one, with
+``torch.Tensor`` as its array type. What is torch's own: under autocast a floating input need
+not have the layer's dtype, and the range of token ids is read with one device sync, and kept.
 """
 
 from __future__ import annotations
 
 import weakref
+from types import SimpleNamespace
 
 import torch
 
-from reference.arrays import _is_cupy_array
-from reference.checks import (
-    check_choice,
-    check_divisible,
-    check_flag,
-    check_positive_int,
-    check_probability,
-    check_size,
-    describe,
-)
-
-_KIND_NAMES = {"f": "floating", "i": "integer", "u": "unsigned integer", "b": "boolean"}
-
-
-def dtype_kind(dtype: torch.dtype) -> str:
-    """NumPy's kind letter of a torch dtype: 'f' float, 'i' signed, 'u' unsigned, 'b' bool, 'c' complex."""
-    if dtype == torch.bool:
-        return "b"
-    if dtype.is_floating_point:
-        return "f"
-    if dtype.is_complex:
-        return "c"
-    return "i" if dtype.is_signed else "u"
+from reference import checks as reference
+from reference.checks import check_batch, check_choice, check_divisible, check_features, check_flag  # noqa: F401
+from reference.checks import check_positive_int, check_probability, check_shape, check_size  # noqa: F401
+from reference.checks import describe, dtype_kind  # noqa: F401
 
 
 def autocast_active(x: torch.Tensor) -> bool:
@@ -45,36 +29,14 @@ def autocast_active(x: torch.Tensor) -> bool:
 
 
 def check_tensor(name: str, x, *, ndim=None, dtype=None, kind=None) -> torch.Tensor:
-    """Check that ``x`` is a torch.Tensor with the given rank, kind ('f', 'i', 'u', 'b') and dtype.
+    """reference.checks.check_array for torch tensors: rank, kind ('f', 'i', 'u', 'b') and dtype.
 
     The exact-dtype check is skipped under autocast, which hands layers lower-precision
     activations on purpose (the parameters stay in their dtype).
     """
-    if not isinstance(x, torch.Tensor):
-        hint = "; convert it with asarray()" if (_is_cupy_array(x) or hasattr(x, "__array__")) else ""
-        raise TypeError(f"{name} must be a torch.Tensor, got {describe(x)}{hint}")
-    if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if x.ndim not in allowed:
-            want = " or ".join(str(n) for n in allowed)
-            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
-    if kind is not None and dtype_kind(x.dtype) not in kind:
-        want = " or ".join(_KIND_NAMES.get(k, k) for k in kind)
-        raise TypeError(f"{name} must have a {want} dtype, got {x.dtype}")
-    if dtype is not None and x.dtype != dtype and not (x.dtype.is_floating_point and autocast_active(x)):
-        raise TypeError(f"{name} must have dtype {dtype} (the layer's dtype), got {x.dtype}")
-    return x
-
-
-def check_token_ids(name: str, ids, vocab_size: int) -> torch.Tensor:
-    """Token ids: an integer tensor with every id in [0, vocab_size)."""
-    check_tensor(name, ids, kind="iu")
-    if ids.numel():
-        low, high = token_range(ids)
-        if low < 0 or high >= vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"{name} must lie in [0, {vocab_size}) (the vocabulary), got id {bad}")
-    return ids
+    if dtype is not None and isinstance(x, torch.Tensor) and x.is_floating_point() and autocast_active(x):
+        dtype = None
+    return reference.check_array(name, x, ndim=ndim, dtype=dtype, kind=kind, xp=TENSORS)
 
 
 _token_ranges: dict = {}  # id(ids) → (weak reference, ids._version, low, high)
@@ -97,8 +59,27 @@ def token_range(ids: torch.Tensor) -> tuple:
     return low, high
 
 
+#: torch as reference.checks sees an array module ("x must be a torch.Tensor, got ..."), with its token_range
+TENSORS = SimpleNamespace(__name__="torch", ndarray=torch.Tensor, token_range=token_range)
+
+
+def check_token_ids(name: str, ids, vocab_size: int) -> torch.Tensor:
+    """Token ids: an integer tensor with every id in [0, vocab_size) (reference.checks.check_token_ids)."""
+    return reference.check_token_ids(name, ids, vocab_size, xp=TENSORS)
+
+
+def check_token_input(name: str, ids, vocab_size: int, max_len: int) -> torch.Tensor:
+    """A model's token ids: (batch, seq) integers in [0, vocab_size), seq <= max_len (reference.checks')."""
+    return reference.check_token_input(name, ids, vocab_size, max_len, xp=TENSORS)
+
+
+def check_padding_mask(name: str, mask, batch: int, length: int):
+    """A key padding mask (batch, length), boolean or float, or None (reference.checks.check_padding_mask)."""
+    return reference.check_padding_mask(name, mask, batch, length, xp=TENSORS)
+
+
 __all__ = [
-    "autocast_active", "check_choice", "check_divisible", "check_flag", "check_positive_int",
-    "check_probability", "check_size", "check_tensor", "check_token_ids", "describe", "dtype_kind",
-    "token_range",
+    "TENSORS", "autocast_active", "check_batch", "check_choice", "check_divisible", "check_features", "check_flag",
+    "check_padding_mask", "check_positive_int", "check_probability", "check_shape", "check_size", "check_tensor",
+    "check_token_ids", "check_token_input", "describe", "dtype_kind", "token_range",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from reference.attention_inputs import check_latent_config
+
 from .arrays import resolve_dtype
-from .checks import check_positive_int, check_probability, check_size, check_tensor
+from .checks import check_size, check_tensor
 from .module import Module, as_parameter, child_seed, make_rng
 from .multi_head_attention import MultiHeadAttention
 
@@ -18,10 +20,8 @@ class LatentAttention(Module):
     def __init__(self, d_model: int, num_heads: int, num_latents: int, dropout: float = 0.0, bias: bool = True,
                  *, seed=None, dtype=None):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.num_heads = check_positive_int("num_heads", num_heads)
-        self.num_latents = check_positive_int("num_latents", num_latents)
-        self.dropout = check_probability("dropout", dropout)
+        self.d_model, self.num_heads, self.num_latents, self.dropout = check_latent_config(
+            d_model, num_heads, num_latents, dropout)
         self._dtype = resolve_dtype(dtype)
         rng = make_rng(seed)
         self.latents = as_parameter(rng.normal(0.0, 0.02, (num_latents, d_model)), self._dtype)  # (M, D)

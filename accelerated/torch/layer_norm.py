@@ -5,32 +5,29 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
-from reference.layer_norm import check_eps
+from reference import layer_norm as reference
 
 from .arrays import HALF_DTYPES, resolve_dtype
-from .checks import check_positive_int, check_size, check_tensor
+from .checks import check_features, check_tensor
 from .module import Module, as_parameter
 
 
 class LayerNorm(Module):
     r"""y = (x − μ)/√(σ² + ε) ⊙ γ + β over the last dimension (biased σ², as torch.nn.LayerNorm).
 
-    γ starts at ones and β at zeros; ``bias=False`` drops β.
+    γ starts at ones and β at zeros; ``bias=False`` drops β (the reference's checks and values).
     """
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True, *, dtype=None):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.eps = check_eps("eps", eps)
-        self._dtype = resolve_dtype(dtype)
-        self.weight = as_parameter(np.ones(d_model), self._dtype)  # γ
-        self.bias = as_parameter(np.zeros(d_model), self._dtype) if bias else None  # β
+        init = reference.LayerNorm(d_model, eps, bias, dtype=np.float64)
+        self.d_model, self.eps, self._dtype = init.d_model, init.eps, resolve_dtype(dtype)
+        self.weight = as_parameter(init.weight.data, self._dtype)  # γ
+        self.bias = None if init.bias is None else as_parameter(init.bias.data, self._dtype)  # β
 
     def forward(self, x):
         check_tensor("x", x, dtype=self.weight.dtype)
-        if x.ndim == 0:
-            raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-        check_size("x", x, -1, self.d_model, "d_model")
+        check_features("x", x, self.d_model, "d_model")
         if x.dtype in HALF_DTYPES:  # statistics and their gradients in float32, as autocast does
             bias = None if self.bias is None else self.bias.float()
             return F.layer_norm(x.float(), (self.d_model,), self.weight.float(), bias, self.eps).to(x.dtype)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from reference import linear as reference
 
 from .arrays import numpy_dtype, resolve_dtype
-from .checks import check_size, check_tensor
+from .checks import check_features, check_tensor
 from .module import Module, as_parameter
 
 
@@ -28,9 +28,7 @@ class Linear(Module):
 
     def forward(self, x):
         check_tensor("x", x, dtype=self.weight.dtype)
-        if x.ndim == 0:
-            raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-        check_size("x", x, -1, self.in_features, "in_features")
+        check_features("x", x, self.in_features, "in_features")
         return F.linear(x, self.weight, self.bias)  # (..., out)
 
     def extra_repr(self) -> str:

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference import loss as reference
+from reference.checks import check_class_targets, check_cross_entropy_config, check_cross_entropy_inputs
 
-from .checks import check_tensor, describe
+from .checks import TENSORS, describe
 from .module import Module
 
 
@@ -24,31 +24,15 @@ class CrossEntropyLoss(Module):
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean"):
         super().__init__()
-        checked = reference.CrossEntropyLoss(ignore_index, label_smoothing, reduction)  # the reference's checks
-        self.ignore_index, self.label_smoothing = checked.ignore_index, checked.label_smoothing
-        self.reduction = checked.reduction
+        (self.ignore_index, self.label_smoothing,
+         self.reduction) = check_cross_entropy_config(ignore_index, label_smoothing, reduction)
 
     def forward(self, logits, target):
-        check_tensor("logits", logits, kind="f")
-        if logits.ndim == 0 or logits.shape[-1] == 0:
-            raise ValueError(f"logits must have shape (..., V) with V >= 1 classes, got shape {tuple(logits.shape)}")
-        check_tensor("target", target, kind="iu")
-        if tuple(target.shape) != tuple(logits.shape[:-1]):
-            raise ValueError(
-                f"target must have shape {tuple(logits.shape[:-1])} (the logits' shape without the class "
-                f"dimension), got {tuple(target.shape)}"
-            )
+        check_cross_entropy_inputs(logits, target, TENSORS)
         num_classes = logits.shape[-1]  # V
         target = target.to(device=logits.device, dtype=torch.int64)
         valid = target != self.ignore_index  # (...)  w
-        kept = target[valid]
-        if kept.numel():
-            low, high = int(kept.min()), int(kept.max())
-            if low < 0 or high >= num_classes:
-                raise ValueError(
-                    f"target must lie in [0, {num_classes}) (the number of classes) or equal "
-                    f"ignore_index={self.ignore_index}, got {low if low < 0 else high}"
-                )
+        check_class_targets(target, valid, num_classes, self.ignore_index)
         per_position = F.cross_entropy(  # (...)  ℓ, 0 where ignored; torch wants classes in dimension 1
             logits.reshape(-1, num_classes), target.reshape(-1), ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing, reduction="none",

@@ -3,10 +3,13 @@
 The same builders as reference/masks.py (they are called, so the argument checks and the
 masks are the reference's), returning torch tensors in the requested dtype (default float32).
 A mask is built on the CPU (on the device of ``lengths`` when that is a tensor); move it with
-``.to(device)``. The ``allowed_*`` helpers build boolean masks on any device for the layers.
+``.to(device)``. The layers build their boolean masks on their device with the reference's
+``allowed_*`` functions and ``torch_arange(device)``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -43,21 +46,6 @@ def block_local_mask(seq_len: int, block_size: int, *, dtype=None) -> torch.Tens
     return _as_tensor(reference.block_local_mask(seq_len, block_size, dtype=np.float64), dtype)
 
 
-def allowed_causal(seq_len: int, key_len: int, device) -> torch.Tensor:
-    """(L, S) boolean, True where j <= i (torch's is_causal)."""
-    return torch.ones(seq_len, key_len, dtype=torch.bool, device=device).tril()
-
-
-def allowed_sliding_window(seq_len: int, window: int, causal: bool, device) -> torch.Tensor:
-    """(N, N) boolean, True inside the window (see sliding_window_mask)."""
-    i = torch.arange(seq_len, device=device)[:, None]  # (N, 1)
-    j = torch.arange(seq_len, device=device)[None, :]  # (1, N)
-    if causal:
-        return (j <= i) & (j > i - window)  # (N, N)
-    return (i - j).abs() < window  # (N, N)
-
-
-def allowed_block_local(seq_len: int, block_size: int, device) -> torch.Tensor:
-    """(N, N) boolean, True where query and key lie in the same block."""
-    block = torch.arange(seq_len, device=device) // block_size  # (N,)
-    return block[:, None] == block[None, :]  # (N, N)
+def torch_arange(device):
+    """arange(n) on ``device``: what the reference's allowed_* mask functions take to build on it."""
+    return functools.partial(torch.arange, device=device)

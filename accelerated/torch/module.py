@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from reference.module import child_seed, make_rng  # noqa: F401  (the same seed derivation on every backend)
+from reference.module import child_seed, make_rng, stage_state_dict  # noqa: F401  (the same seeds on every backend)
 
-from .arrays import DEFAULT_DTYPE, asarray
+from .arrays import DEFAULT_DTYPE, asarray, resolve_dtype
 from .checks import describe
 
 Parameter = nn.Parameter
@@ -191,28 +191,9 @@ class BackwardProtocol:
         does; a value that is not an array raises TypeError. Nothing changes unless every
         check passes. Values are cast to each parameter's dtype and device.
         """
-        if not hasattr(state_dict, "items"):
-            raise TypeError(f"state_dict must be a mapping of name -> array, got {describe(state_dict)}")
-        own = self.state_dict(keep_vars=True)
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        if strict and (missing or unexpected):
-            raise ValueError(
-                f"state_dict does not match {type(self).__name__}: "
-                f"missing keys {missing}, unexpected keys {unexpected}"
-            )
-        staged = {}
-        for name, target in own.items():
-            if name not in state_dict:
-                continue
-            value = state_dict[name]
-            if not hasattr(value, "shape"):
-                raise TypeError(f"state_dict[{name!r}] must be an array, got {describe(value)}")
-            if tuple(value.shape) != tuple(target.shape):
-                raise ValueError(
-                    f"state_dict[{name!r}] must have shape {tuple(target.shape)}, got {tuple(value.shape)}"
-                )
-            staged[name] = asarray(value).to(device=target.device, dtype=target.dtype)
+        staged, missing, unexpected = stage_state_dict(  # the reference's checks, all before any change
+            self, state_dict, self.state_dict(keep_vars=True), strict,
+            lambda value, target: asarray(value).to(device=target.device, dtype=target.dtype))
         super().load_state_dict(staged, strict=False, assign=assign)
         return _IncompatibleKeys(missing, unexpected)
 
@@ -222,14 +203,30 @@ class BackwardProtocol:
         return state
 
 
-class Module(BackwardProtocol, nn.Module):
+class Catalogue:
+    """Mixin: ``catalogue``, the classes reference/blueprints.py builds this backend's submodules from."""
+
+    @property
+    def catalogue(self):
+        """This backend's public classes (the package ``accelerated.torch``)."""
+        import accelerated.torch as catalogue
+
+        return catalogue
+
+
+class Module(Catalogue, BackwardProtocol, nn.Module):
     """Base of every layer of the torch backend: a torch.nn.Module with the reference's protocol."""
 
     def __init__(self):
         super().__init__()
 
+    def _set_dtype(self, dtype) -> torch.dtype:
+        """Resolve the construction dtype (float32 when None); ``dtype`` reports it while there are no parameters."""
+        self._dtype = resolve_dtype(dtype)
+        return self._dtype
 
-class ModuleList(nn.ModuleList):
+
+class ModuleList(Catalogue, nn.ModuleList):
     """torch.nn.ModuleList, with the reference's signature (modules registered as "0", "1", ...)."""
 
     def __init__(self, modules=()):

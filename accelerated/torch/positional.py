@@ -5,24 +5,11 @@ from __future__ import annotations
 import torch
 
 from reference import positional as reference
+from reference.checks import check_table_window
 
 from .arrays import numpy_dtype, resolve_dtype
 from .checks import check_positive_int, check_size, check_tensor
 from .module import Module, as_parameter
-
-
-def _positions(x, offset, d_model: int, max_len: int, dtype=None) -> tuple[int, int]:
-    """Check x (batch, seq, d_model) and offset; return the rows [start, end) of the table it uses."""
-    check_tensor("x", x, ndim=3, kind="f", dtype=dtype)
-    check_size("x", x, -1, d_model, "d_model")
-    offset = check_positive_int("offset", offset, minimum=0)
-    end = offset + x.shape[1]
-    if end > max_len:
-        raise ValueError(
-            f"x has {x.shape[1]} positions starting at offset {offset}, reaching position {end - 1}, "
-            f"but the positional table has max_len {max_len} (positions 0..{max_len - 1})"
-        )
-    return offset, end
 
 
 class SinusoidalPositionalEncoding(Module):
@@ -62,3 +49,10 @@ class LearnedPositionalEmbedding(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}"
+
+
+def _positions(x, offset, d_model: int, max_len: int, dtype=None) -> tuple[int, int]:
+    """Check x (batch, seq, d_model) and offset; return the rows [start, end) of the table it uses."""
+    check_tensor("x", x, ndim=3, kind="f", dtype=dtype)
+    check_size("x", x, -1, d_model, "d_model")
+    return check_table_window(x, offset, max_len)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch.nn.functional as F
 
-from reference.layer_norm import check_eps
+from reference import rms_norm as reference
 
 from .arrays import HALF_DTYPES, resolve_dtype
-from .checks import check_positive_int, check_size, check_tensor
+from .checks import check_features, check_tensor
 from .module import Module, as_parameter
 
 
@@ -17,16 +17,13 @@ class RMSNorm(Module):
 
     def __init__(self, d_model: int, eps: float = 1e-6, *, dtype=None):
         super().__init__()
-        self.d_model = check_positive_int("d_model", d_model)
-        self.eps = check_eps("eps", eps)
-        self._dtype = resolve_dtype(dtype)
-        self.weight = as_parameter(np.ones(d_model), self._dtype)  # γ
+        init = reference.RMSNorm(d_model, eps, dtype=np.float64)  # the reference's checks and γ = 1
+        self.d_model, self.eps, self._dtype = init.d_model, init.eps, resolve_dtype(dtype)
+        self.weight = as_parameter(init.weight.data, self._dtype)  # γ
 
     def forward(self, x):
         check_tensor("x", x, dtype=self.weight.dtype)
-        if x.ndim == 0:
-            raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-        check_size("x", x, -1, self.d_model, "d_model")
+        check_features("x", x, self.d_model, "d_model")
         if x.dtype in HALF_DTYPES:  # statistics and their gradients in float32, as Llama's code does
             return F.rms_norm(x.float(), (self.d_model,), self.weight.float(), self.eps).to(x.dtype)
         return F.rms_norm(x, (self.d_model,), self.weight, self.eps)  # (..., D)

@@ -6,7 +6,7 @@ import torch
 
 from reference import rotary as reference
 
-from .checks import check_positive_int, check_size, check_tensor
+from .checks import check_positive_int, check_tensor
 from .module import Module
 
 
@@ -33,17 +33,8 @@ class RotaryEmbedding(Module):
 
     def _tables(self, name, x, offset):
         check_tensor(name, x, kind="f")
-        if x.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., seq, head_dim), got {tuple(x.shape)}")
-        check_size(name, x, -1, self.head_dim, "head_dim")
-        end = offset + x.shape[-2]
-        if end > self.max_len:
-            raise ValueError(
-                f"{name} reaches position {end - 1} but the rotary table has max_len {self.max_len}"
-            )
-        cos = self.cos_table[offset:end].to(x.dtype)  # (N, d)
-        sin = self.sin_table[offset:end].to(x.dtype)  # (N, d)
-        return cos, sin
+        end = reference.rotary_positions(name, x, offset, self.head_dim, self.max_len)  # the reference's rules
+        return self.cos_table[offset:end].to(x.dtype), self.sin_table[offset:end].to(x.dtype)  # (N, d) ×2
 
     def forward(self, query, key, offset: int = 0):
         offset = check_positive_int("offset", offset, minimum=0)

@@ -146,8 +146,15 @@ def _reason(backend, compiled, device) -> str | None:
     return None
 
 
-def run(config: str = "base", warmup: int = 5, reps: int = 20, rows=ROWS) -> dict:
+def run(config: str = "base", warmup: int = 5, reps: int = 20, rows=ROWS, budget_s=None, progress=None) -> dict:
+    """The rows' training steps. The CuPy row runs last (a kernel fault that breaks the CUDA context then
+    costs no torch row); results keep the order of ``rows``. budget_s: rows left once it is spent are
+    recorded as skipped; progress: a JSON file rewritten after each row with the document so far."""
+    import time
+
     import torch
+
+    start = time.monotonic()
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and config != "cpu":
@@ -161,11 +168,26 @@ def run(config: str = "base", warmup: int = 5, reps: int = 20, rows=ROWS) -> dic
                                           cfg["seq_len"], cfg["seq_len"])
     name = common.gpu_name() if device == "cuda" else None
     results = []
-    for backend, precision, compiled in rows:
+    order = {tuple(r): i for i, r in enumerate(rows)}
+
+    def document():  # the JSON of the rows so far (progress), or of all of them
+        return common.record(
+            "training", f"python -m rosetta.bench training --config {config}", "gpu" if device == "cuda" else "cpu",
+            {"config": config, **cfg, "warmup": warmup, "reps": reps, "budget_s": budget_s, "model_flops": flops,
+             "mfu_formula": "MFU = (6·(P_enc·B·S + P_dec·B·T) + 12·B·d·(L_enc·S² + L_dec·(T²+T·S))) / step time / peak",
+             "fp32": "TF32 matmuls enabled for torch and CuPy (peak 494 TFLOP/s on H100)",
+             "ratio": "baseline ms / row ms at the same precision, compiled against compiled"},
+            sorted(results, key=lambda r: order[(r["backend"], r["precision"], r["compiled"])]))
+
+    for backend, precision, compiled in sorted(rows, key=lambda r: r[0] == "accelerated.cupy"):
+        if progress is not None and results:
+            _write_progress(document(), progress)
         row = {"backend": backend, "precision": precision, "compiled": compiled,
                "label": f"{backend} {precision}{' compile' if compiled else ''}", "status": "ok",
                "model_flops_per_step": flops["total"]}
         reason = _reason(backend, compiled, device)
+        if reason is None and budget_s is not None and time.monotonic() - start > budget_s:
+            reason = f"the time budget ({budget_s} s) is spent"
         if reason is None and backend == "accelerated.cupy" and precision != "fp32":
             reason = "accelerated.cupy is benchmarked in float32"
         if reason is not None:
@@ -194,13 +216,17 @@ def run(config: str = "base", warmup: int = 5, reps: int = 20, rows=ROWS) -> dic
         base = next((r for r in results if r["backend"] == "torch.nn.Transformer" and r.get("median_ms")
                      and (r["precision"], r["compiled"]) == (row["precision"], row["compiled"])), None)
         row["ratio_to_baseline"] = base["median_ms"] / row["median_ms"] if base and row.get("median_ms") else None
-    return common.record(
-        "training", f"python -m rosetta.bench training --config {config}", "gpu" if device == "cuda" else "cpu",
-        {"config": config, **cfg, "warmup": warmup, "reps": reps, "model_flops": flops,
-         "mfu_formula": "MFU = (6·(P_enc·B·S + P_dec·B·T) + 12·B·d·(L_enc·S² + L_dec·(T²+T·S))) / step time / peak",
-         "fp32": "TF32 matmuls enabled for torch and CuPy (peak 494 TFLOP/s on H100)",
-         "ratio": "baseline ms / row ms at the same precision, compiled against compiled"},
-        results)
+    final = document()
+    if progress is not None:
+        _write_progress(final, progress)
+    return final
+
+
+def _write_progress(document: dict, path) -> None:
+    """The document so far, written atomically (attention.py's writer)."""
+    from .attention import _write_progress as write
+
+    write(document, path)
 
 
 COLUMNS = [("row", "label", ""), ("ms/step", "median_ms", ".2f"), ("tokens/s", "tokens_per_s", ",.0f"),
