@@ -124,8 +124,8 @@ def test_matches_naive_loop_attention(case):
     c = dict(B=2, H=[1, 2, 4, 2, 4, 3][case], Hkv=[1, 1, 2, 2, 1, 3][case], L=[3, 4, 2, 5, 3, 1][case],
              S=[3, 2, 5, 5, 4, 3][case], E=[2, 3, 1, 4, 2, 2][case], Ev=[2, 1, 3, 2, 3, 2][case],
              scale=[None, 0.5, None, 1.3, None, 0.2][case], is_causal=bool(case % 2),
-             mask=["none", "bool", "float", "bool", "float", "none"][case], mask_shape="BHLS" if case > 2 else "B1LS",
-             dead_row=case in (1, 2))
+             mask=["none", "bool", "float", "bool", "float", "none"][case],
+             mask_shape="BHLS" if case > 2 else "B1LS", dead_row=case in (1, 2))
     inputs, kwargs = make_case(c, int(rng.integers(1000)))
     got = scaled_dot_product_attention(*inputs, **kwargs)
     assert_close(got, naive_attention(*inputs, **kwargs), np.float64, "SDPA vs naive loop")

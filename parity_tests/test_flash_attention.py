@@ -7,13 +7,11 @@ from hypothesis import strategies as st
 
 from parity_tests.strategies import normal, seeds
 from parity_tests.tolerances import (CLOSED_FORM, ERROR_FLOOR, GRADCHECK_TOL, GRADIENT_SCALE_FLOOR, GRADIENT_TOL,
-                                     assert_close,
-                                     relative_error)
+                                     assert_close, relative_error)
 from reference.attention import ScaledDotProductAttention
 from reference.flash_attention import FlashAttention, flash_attention_backward, flash_attention_forward
 from reference.gradcheck import gradcheck
 
-# float64 flash and plain attention differ only in the order of the same roundings
 # block sizes: 1, sizes that do not divide the sequences, the default, larger than any sequence
 BLOCKS = [1, 2, 3, 4, 5, 16, 64]
 

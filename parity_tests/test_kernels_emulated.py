@@ -7,7 +7,8 @@ order, C types, grid and block) and compared with float64 NumPy math on the same
 
 Tolerances, as a fraction of the largest expected magnitude (at least 1: the data are O(1)):
 parity_tests/tolerances.py KERNEL_TOL (per element type; float32 side outputs use its float32
-entry) and KERNEL_LSE_TOL (the flash forward's fp32 log-sum-exp), each with its reasoning.
+entry), KERNEL_LSE_TOL (the flash forward's fp32 log-sum-exp) and KERNEL_EXTREME_SCORE_TOL (flash
+attention on q and k of magnitude up to 1e4), each with its reasoning.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 from accelerated.cupy_emulator import host as emu
-from parity_tests.tolerances import KERNEL_LSE_TOL, KERNEL_TOL
+from parity_tests.tolerances import KERNEL_EXTREME_SCORE_TOL, KERNEL_LSE_TOL, KERNEL_TOL
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "accelerated" / "cupy" / "kernels"
@@ -91,13 +92,13 @@ def poisoned(shape, dtype) -> np.ndarray:
     return np.full(int(np.prod(shape)) * np.dtype(dtype).itemsize, 0xFF, np.uint8).view(dtype).reshape(shape)
 
 
-def assert_close(got, want, etype, what, tol=None):
-    """Every value written and finite, within tol · max(|want|, 1) of float64 `want`."""
+def assert_close(got, want, etype, what, tol=None, floor=1.0):
+    """Every value written and finite, within tol · max(|want|, floor) of float64 `want`."""
     tol = KERNEL_TOL[etype] if tol is None else tol
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     assert got.shape == want.shape, (what, got.shape, want.shape)
     assert np.all(np.isfinite(got)), f"{what}: {np.sum(~np.isfinite(got))} non-finite values (unwritten or NaN)"
-    scale = max(float(np.max(np.abs(want))) if want.size else 0.0, 1.0)  # O(1) data: exact zeros stay checkable
+    scale = max(float(np.max(np.abs(want))) if want.size else 0.0, floor)  # O(1) data: exact zeros stay checkable
     err = float(np.max(np.abs(got - want))) / scale if want.size else 0.0
     assert err <= tol, f"{what} ({etype}): max error {err:.3g} of the largest value > {tol}, " \
                        f"worst at {np.unravel_index(np.argmax(np.abs(got - want)), got.shape)}"
@@ -208,19 +209,26 @@ FLASH_CASES = [
 ]
 
 
-def run_flash_case(modules, etype, D, causal, mask_kind, L, S, B, H, Hkv, seed, schedule):
-    """Forward and backward kernels on drawn inputs: (kernel results, float64 expectations, description)."""
+def draw_flash_inputs(etype, D, mask_kind, L, S, B, H, Hkv, seed, magnitude=1.0):
+    """((q, k, v, d_out) stored in the element type, the float64 values they hold, key mask).
+    magnitude: the spread of q and k (the scores grow as its square)."""
     rng = np.random.default_rng(seed)
-    q, q64 = quantize(rng.standard_normal((B, H, L, D)), etype)
-    k, k64 = quantize(rng.standard_normal((B, Hkv, S, D)), etype)
-    v, v64 = quantize(rng.standard_normal((B, Hkv, S, D)), etype)
-    d_out, do64 = quantize(rng.standard_normal((B, H, L, D)), etype)
-    keep = key_mask(B, S, rng, mask_kind)
+    stored, exact = zip(*(quantize(spread * rng.standard_normal(shape), etype) for spread, shape in (
+        (magnitude, (B, H, L, D)), (magnitude, (B, Hkv, S, D)), (1.0, (B, Hkv, S, D)), (1.0, (B, H, L, D)))))
+    return stored, exact, key_mask(B, S, rng, mask_kind)
+
+
+def run_flash_case(modules, etype, D, causal, mask_kind, L, S, B, H, Hkv, seed, schedule, magnitude=1.0):
+    """Forward and backward kernels on drawn inputs: (kernel results, float64 expectations, description)."""
+    (q, k, v, d_out), (q64, k64, v64, do64), keep = draw_flash_inputs(etype, D, mask_kind, L, S, B, H, Hkv, seed,
+                                                                       magnitude)
     scale = fa.resolve_scale(None, D)
     out, lse = flash_forward(modules, q, k, v, keep, causal, scale, etype, schedule)
     dq, dk, dv = flash_backward(modules, q, k, v, out, lse, d_out, keep, causal, scale, etype, schedule)
     want = attention_reference(q64, k64, v64, do64, keep, causal, scale)  # out, lse, dq, dk, dv, dead rows
     what = f"{etype} d={D} causal={causal} mask={mask_kind} L={L} S={S} B={B} H={H} Hkv={Hkv} schedule={schedule}"
+    if magnitude != 1.0:
+        what += f" magnitude={magnitude:g}"
     return (out, lse, dq, dk, dv), want, what
 
 
@@ -291,6 +299,41 @@ def test_flash_attention_forward_causal_without_mask(modules, case_index):
     assert not dead.any()
     assert_close(values(out, etype), want_out, etype, f"out {what}")
     assert_close(lse, want_lse, "float32", f"lse {what}", tol=KERNEL_LSE_TOL[etype])
+
+
+# Extreme scores: q and k of magnitude 1e2, 1e3, 1e4 (|scores| up to ≈ 4e8, where the fp32 ulp is
+# 32 and the softmax rows are one-hot or nearly): every element type, causal and not, each head dim,
+# grouped kv heads, a key mask off the causal cases. The backward rebuilds P = exp(A − lse) from the
+# forward's lse; a score or an lse rounded once more than the forward's (the kernels once converted
+# lse to base 2 and back) puts P off by 2^±0.25 at 1e3 and 2^±32 at 1e4: dV wrong by 0.1, then ∞.
+EXTREME_SCORE_CASES = [(etype, magnitude, causal, (32, 64, 128)[(m + e) % 3])
+                       for e, etype in enumerate(ETYPES) for m, magnitude in enumerate((1e2, 1e3, 1e4))
+                       for causal in (False, True)]
+
+
+@pytest.mark.parametrize("case_index", range(len(EXTREME_SCORE_CASES)),
+                         ids=[f"{e}-{m:g}-d{d}-{'causal' if c else 'full'}" for e, m, c, d in EXTREME_SCORE_CASES])
+def test_flash_attention_at_extreme_scores(modules, case_index):
+    """out, lse, dV as KERNEL_TOL measures them; dQ, dK against the size of their terms (they vanish
+    where a row's softmax saturates: tolerances.py KERNEL_EXTREME_SCORE_TOL)."""
+    etype, magnitude, causal, D = EXTREME_SCORE_CASES[case_index]
+    schedule = SCHEDULES[case_index % len(SCHEDULES)]
+    mask_kind, seed = None if causal else "padding", 300 + case_index
+    L, S, B, H, Hkv = 40, 70, 2, 2, 1
+    got, want, what = run_flash_case(modules, etype, D, causal, mask_kind, L, S, B, H, Hkv, seed, schedule, magnitude)
+    (out, lse, dq, dk, dv), (want_out, want_lse, want_dq, want_dk, want_dv, dead) = got, want
+    # the size of the terms of dq = scale · dA K and of dk = scale · dAᵀ Q: |dA| <= 2 max|dP|, dP = dO Vᵀ
+    _, (q64, k64, v64, do64), _ = draw_flash_inputs(etype, D, mask_kind, L, S, B, H, Hkv, seed, magnitude)
+    terms = fa.resolve_scale(None, D) * float(np.max(np.abs(do64 @ np.swapaxes(np.repeat(v64, H // Hkv, axis=1), -1, -2))))
+    dq_terms, dk_terms = terms * float(np.max(np.abs(k64))), terms * float(np.max(np.abs(q64)))
+    tol = KERNEL_EXTREME_SCORE_TOL[etype]
+    assert_close(values(out, etype), want_out, etype, f"out {what}", tol=tol)
+    assert np.all(np.isneginf(lse[dead])), f"lse of fully masked rows must be -inf ({what})"
+    assert_close(lse[~dead], want_lse[~dead], "float32", f"lse {what}", tol=KERNEL_LSE_TOL[etype])
+    assert_close(values(dv, etype), want_dv, etype, f"dv {what}", tol=tol)
+    assert_close(values(dq, etype), want_dq, etype, f"dq {what}", tol=tol, floor=dq_terms)
+    assert_close(values(dk, etype), want_dk, etype, f"dk {what}", tol=tol, floor=dk_terms)
+    assert np.all(values(dq, etype)[dead] == 0), f"dq of fully masked rows must be 0 ({what})"
 
 
 @pytest.mark.parametrize("etype, D", [("float32", 32), ("bfloat16", 32), ("float16", 128)])

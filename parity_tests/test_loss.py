@@ -143,9 +143,12 @@ def test_reductions_relate_and_default_grad_output_is_one():
     np.testing.assert_allclose(total(logits, target), per_position.sum(), rtol=SHORT_CHAIN)
     np.testing.assert_allclose(mean(logits, target), per_position.sum() / count, rtol=SHORT_CHAIN)
     d_mean, _ = mean.backward()
+    mean(logits, target)  # backward runs once per forward (SPEC): forward again before each
     np.testing.assert_allclose(d_mean, mean.backward(np.float64(1.0))[0], rtol=0)
+    mean(logits, target)
     np.testing.assert_allclose(d_mean, mean.backward(np.array(1.0))[0], rtol=0)
     np.testing.assert_allclose(total.backward(2)[0], 2 * count * d_mean, rtol=REORDERED)
+    total(logits, target)
     np.testing.assert_allclose(none.backward(np.ones((3, 4)))[0], total.backward()[0], rtol=SHORT_CHAIN)
 
 

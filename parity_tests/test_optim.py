@@ -261,7 +261,8 @@ def test_clip_grad_norm_rule():
     assert clip_grad_norm_([p, q], 10.0) == 5.0
     np.testing.assert_array_equal(p.grad, [3.0, 0.0])  # under the limit: unchanged
     assert clip_grad_norm_([p, q], 1.0) == 5.0
-    np.testing.assert_allclose(np.sqrt(np.sum(p.grad**2) + np.sum(q.grad**2)), 1.0 * 5 / (5 + 1e-6), rtol=FEW_ROUNDINGS)
+    np.testing.assert_allclose(np.sqrt(np.sum(p.grad**2) + np.sum(q.grad**2)), 1.0 * 5 / (5 + 1e-6),
+                               rtol=FEW_ROUNDINGS)
     assert clip_grad_norm_([Parameter(np.zeros(3))], 1.0) == 0.0  # no gradients at all
     assert clip_grad_norm_(Parameter(np.zeros(3)), 1.0) == 0.0  # a single Parameter is accepted, as torch
 
@@ -274,7 +275,8 @@ def test_sgd_and_adamw_by_hand():
     np.testing.assert_allclose(p.data, [1.0 - 0.11, -2.0 - 0.08], rtol=FEW_ROUNDINGS)
     opt.step()  # d = g + 0.1 θ; b = 0.5 b + d
     d = np.array([1.0, 1.0]) + 0.1 * np.array([0.89, -2.08])
-    np.testing.assert_allclose(p.data, np.array([0.89, -2.08]) - 0.1 * (0.5 * np.array([1.1, 0.8]) + d), rtol=FEW_ROUNDINGS)
+    np.testing.assert_allclose(p.data, np.array([0.89, -2.08]) - 0.1 * (0.5 * np.array([1.1, 0.8]) + d),
+                               rtol=FEW_ROUNDINGS)
 
     p = Parameter(np.array([1.0, -2.0]))
     opt = AdamW([p], lr=0.1, weight_decay=0.0)

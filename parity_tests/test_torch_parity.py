@@ -515,8 +515,9 @@ def test_dropout_seeded_repeats(backend):
     y2, _ = attn(h, need_weights=True)
     assert torch.equal(y1, y2), "a seeded attention dropout repeats on the materialized path"
     attn.eval()
-    assert torch.allclose(attn(h), attn(h, need_weights=True)[0], rtol=FLOAT32_ROUNDOFF, atol=FLOAT32_ROUNDOFF), \
-        "eval: no attention dropout"
+    # eval: no attention dropout (the fused and the materialized path agree to float32 roundoff)
+    assert_close(rt.to_numpy(attn(h)), rt.to_numpy(attn(h, need_weights=True)[0]), "float32", "eval attention",
+                 FORWARD_TOL)
 
 
 # ---- autograd, optimizers, autocast --------------------------------------------------------------

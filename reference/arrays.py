@@ -49,10 +49,48 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+#: NumPy kinds of the arrays asarray accepts: bool, integers, floats, complex numbers
+NUMERIC_KINDS = "biufc"
+
+
+def numeric_numpy(x, name: str = "x") -> np.ndarray:
+    """``x`` (an array of any backend, a number, a bool, or nested lists of them) as a numeric NumPy array.
+
+    Every backend's ``asarray`` reads what is not already its own array through this, so the
+    same input raises the same error everywhere: a TypeError naming ``name`` for a str, None, a
+    dict, or an object array of such things; a ValueError for ragged lists. An object array
+    holding numbers is read by value.
+    """
+    what = ("a NumPy, torch or CuPy array, a number, a bool, or a (nested) list of numbers or bools "
+            "(a numeric array)")
+    try:
+        out = to_numpy(x)
+        if out.dtype.kind == "O":
+            out = np.asarray(out.tolist())
+    except ValueError as error:  # ragged nesting: "inhomogeneous shape"
+        raise ValueError(f"{name} must be {what} of a regular shape, got {describe(x)}: {error}") from None
+    except TypeError:
+        out = np.asarray(None, dtype=object)
+    kind = "f" if out.dtype.name == "bfloat16" else out.dtype.kind
+    if kind not in NUMERIC_KINDS:
+        raise TypeError(f"{name} must be {what}, got {describe(x)}")
+    return out
+
+
+def describe(x) -> str:
+    """A short description of a value for error messages (reference.checks re-exports it)."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{type(x).__module__.split('.')[0]}.{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
 def asarray(x, dtype=None) -> np.ndarray:
-    """A NumPy array from a NumPy, torch or CuPy array (or nested Python lists)."""
-    out = to_numpy(x)
-    return np.asarray(out, dtype=dtype) if dtype is not None else np.asarray(out)
+    """A NumPy array from a NumPy, torch or CuPy array (or a number, a bool, nested lists of them).
+
+    Anything else (a str, None, an object array) raises a TypeError naming ``x``.
+    """
+    out = numeric_numpy(x)
+    return np.asarray(out, dtype=dtype) if dtype is not None else out
 
 
 def resolve_dtype(dtype, name: str = "dtype") -> np.dtype:

@@ -73,6 +73,9 @@ class ScaledDotProductAttention(Module):
             drop, dropped = None, probs
         out = dropped @ v  # (..., L, Ev)  O = P̃ V
 
+        # a fully masked row's query reaches nothing: dK = scale · dAᵀ Q must not see it (0 · NaN is NaN)
+        dead = ~xp.any(probs != 0, axis=-1, keepdims=True)  # (..., L, 1)  no allowed key (a NaN row is not dead)
+        query = xp.where(dead, xp.zeros((), dtype=query.dtype), query)  # (..., L, E)
         self.save_for_backward(query=query, k=k, v=v, probs=probs, drop=drop, dropped=dropped,
                                scale=scale, group=group, key_shape=key.shape, value_shape=value.shape)
         return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 from .checks import (
     check_choice,
     check_encoder_model_sizes,
+    check_flag,
     check_language_model_sizes,
     check_max_len_fits_rotary,
     check_name,
@@ -69,6 +70,7 @@ class FeedForwardBlueprint:
         nn = self.catalogue
         self.d_model, self.d_ff = check_positive_int("d_model", d_model), check_positive_int("d_ff", d_ff)
         check_probability("dropout", dropout)
+        check_flag("bias", bias)
         self.activation_name = check_name("activation", activation, ACTIVATIONS.keys() | GATED_ACTIVATIONS.keys())
         self.gated = activation in GATED_ACTIVATIONS
         dtype = self._set_dtype(dtype)
@@ -104,7 +106,9 @@ class EncoderLayerBlueprint:
         super().__init__()
         nn = self.catalogue
         self.d_model = check_positive_int("d_model", d_model)
-        self.norm_first = bool(norm_first)
+        self.norm_first = check_flag("norm_first", norm_first)
+        check_flag("bias", bias)
+        check_flag("rotary", rotary)
         self.self_attn = nn.MultiHeadAttention(
             d_model, num_heads, dropout, bias, num_kv_heads, rotary, window=window, block_size=block_size,
             seed=child_seed(seed, "self_attn"), dtype=dtype,
@@ -166,6 +170,8 @@ def build_stack(stack, layer_class, config: StackConfig, *, seed, dtype) -> None
     """
     nn = stack.catalogue
     check_positive_int("num_layers", config.num_layers)
+    for flag in ("norm_first", "bias", "rotary", "final_norm", "scale_embedding"):  # before any layer is built
+        check_flag(flag, getattr(config, flag))
     stack.d_model = check_positive_int("d_model", config.d_model)
     dtype = stack._set_dtype(dtype)
     check_choice("positional", config.positional, POSITIONALS)
@@ -211,6 +217,8 @@ class TransformerBlueprint:
         (self.src_vocab_size, self.tgt_vocab_size, self.d_model, self.max_len,
          self.tie_embeddings) = check_transformer_sizes(src_vocab_size, tgt_vocab_size, d_model, max_len,
                                                         tie_embeddings)
+        check_flag("norm_first", norm_first)
+        check_flag("bias", bias)
         dtype = self._set_dtype(dtype)
         stack = dict(dropout=dropout, activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps,
                      bias=bias, final_norm=True, max_len=max_len, positional="sinusoidal", scale_embedding=True,
@@ -254,6 +262,8 @@ class DecoderLMBlueprint:
         nn = self.catalogue
         (self.vocab_size, self.d_model, self.max_len,
          self.tie_embeddings) = check_language_model_sizes(vocab_size, d_model, max_len, tie_embeddings)
+        for flag, value in (("norm_first", norm_first), ("bias", bias), ("rotary", rotary)):
+            check_flag(flag, value)
         dtype = self._set_dtype(dtype)
         decoder_seed = child_seed(seed, "decoder")
         self.decoder = nn.Encoder(

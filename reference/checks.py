@@ -16,16 +16,9 @@ import math
 
 import numpy as np
 
-from .arrays import _is_cupy_array, _is_torch_tensor
+from .arrays import _is_cupy_array, _is_torch_tensor, describe  # noqa: F401  (describe: checks' name for it)
 
 _KIND_NAMES = {"f": "floating", "i": "integer", "u": "unsigned integer", "b": "boolean"}
-
-
-def describe(x) -> str:
-    """A short description of a value for error messages."""
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return f"{type(x).__module__.split('.')[0]}.{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return f"{type(x).__name__} {x!r}"[:120]
 
 
 def dtype_kind(dtype) -> str:

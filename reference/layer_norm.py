@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_eps, check_features, check_positive_int
+from .checks import check_array, check_eps, check_features, check_flag, check_positive_int
 from .module import Module
 
 
@@ -26,6 +26,7 @@ class LayerNorm(Module):
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         self.eps = check_eps("eps", eps)
+        check_flag("bias", bias)
         self.dtype = resolve_dtype(dtype)
         self.weight = self.new_parameter(np.ones(d_model), self.dtype)  # γ
         self.bias = self.new_parameter(np.zeros(d_model), self.dtype) if bias else None  # β

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_features, check_positive_int
+from .checks import check_array, check_features, check_flag, check_positive_int
 from .module import Module, make_rng
 
 
@@ -24,6 +24,7 @@ class Linear(Module):
         super().__init__()
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
+        check_flag("bias", bias)
         self.dtype = resolve_dtype(dtype)
         rng = make_rng(seed)
         bound = 1.0 / math.sqrt(in_features)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace
+from .attention import accumulator_dtype
+from .attention_inputs import check_compute_dtype
 from .checks import check_class_targets, check_cross_entropy_config, check_cross_entropy_inputs, describe
 from .module import Module
 
@@ -27,6 +29,11 @@ class CrossEntropyLoss(Module):
 
     One difference from torch: when every target is ignored, the mean reduction gives
     L = 0 and dz = 0 here, where torch gives 0/0 = NaN.
+
+    Dtypes: the reference takes float32 and float64 logits and refuses others with a TypeError
+    (SPEC). The CuPy backend, which derives this class, also passes float16/bfloat16 here when
+    its fused kernel does not run: the log-softmax and the sums then run in float32 (a half
+    sum of 1e4-sized terms overflows to inf) and the loss and dlogits come back in the logits' dtype.
     """
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean"):
@@ -36,7 +43,10 @@ class CrossEntropyLoss(Module):
 
     def forward(self, logits, target):
         check_cross_entropy_inputs(logits, target, self.xp)
+        check_compute_dtype("logits", logits, self.xp)  # float32/float64 (the CuPy backend: also half)
         xp = array_namespace(logits)
+        dtype = logits.dtype  # the loss's and dlogits' dtype
+        logits = logits.astype(accumulator_dtype(dtype), copy=False)  # (..., V)  half → float32 (SPEC)
         num_classes = logits.shape[-1]  # V
         eps = self.label_smoothing  # ε
         valid = target != self.ignore_index  # (...)  w
@@ -57,14 +67,14 @@ class CrossEntropyLoss(Module):
         count = int(valid.sum())  # Σ w
         if self.reduction == "none":
             scale = 1.0
-            loss = per_position  # (...)
+            loss = per_position.astype(dtype, copy=False)  # (...)
         elif self.reduction == "sum":
             scale = 1.0
-            loss = xp.asarray(xp.sum(per_position), dtype=logits.dtype)  # ()
+            loss = xp.asarray(xp.sum(per_position), dtype=dtype)  # ()
         else:
             scale = 1.0 / count if count else 0.0  # s: nothing counts → loss 0, gradient 0 (torch: NaN)
-            loss = xp.asarray(xp.sum(per_position) * scale, dtype=logits.dtype)  # ()
-        self.save_for_backward(log_probs=log_probs, target=safe_target, weight=weight, scale=scale)
+            loss = xp.asarray(xp.sum(per_position) * scale, dtype=dtype)  # ()
+        self.save_for_backward(log_probs=log_probs, target=safe_target, weight=weight, scale=scale, dtype=dtype)
         return loss
 
     def backward(self, grad_output=1.0):
@@ -82,7 +92,7 @@ class CrossEntropyLoss(Module):
         smoothed = (1 - eps) * onehot + eps / num_classes  # (..., V)  q  ← from ℓ = −Σ_j q_j log p_j
         row_scale = (g * saved["scale"]) * weight  # (...)  g · s · w  ← from L = s Σ ℓ and ℓ = w · (...)
         dlogits = (probs - smoothed) * row_scale[..., None]  # (..., V)  ← from log p = z − logsumexp(z), Σ q = 1
-        return dlogits.astype(log_probs.dtype, copy=False), None  # target is an integer: no gradient
+        return dlogits.astype(saved["dtype"], copy=False), None  # target is an integer: no gradient
 
     def _scalar_grad_output(self, grad_output):
         """grad_output of a scalar loss: a Python or NumPy float, or a 0-d float array."""

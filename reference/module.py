@@ -10,13 +10,14 @@ A module's ``forward`` computes its output and saves what ``backward`` needs;
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from .arrays import resolve_dtype, to_numpy
-from .checks import describe, dtype_kind
+from .checks import check_flag, describe, dtype_kind
 
 
 class Parameter:
@@ -76,12 +77,62 @@ def make_rng(seed) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def backward_twice_error(name: str) -> ValueError:
+    """What a second ``backward`` after one forward raises, on every backend (SPEC: once per forward).
+
+    A ValueError, like backward before forward: both are calls out of the protocol's order. A
+    second hand-written backward would add every parameter's gradient again (torch's graph is
+    freed after the first), so it is refused instead.
+    """
+    return ValueError(
+        f"{name}.backward() was already called for the last forward: backward may run once per forward "
+        "(a second call would add the parameters' gradients again); expected a new forward pass first"
+    )
+
+
+def once_per_forward(backward):
+    """``backward`` that raises backward_twice_error when called again before the next forward.
+
+    Module.__init_subclass__ wraps every subclass's ``backward`` with it, so every layer and model
+    (and the layers a composite one calls internally) gets the rule. A backward that completes
+    marks the forward as used (save_for_backward clears the mark); one that raises does not,
+    so a call with a wrong grad_output can be retried. A ``super().backward()`` inside a
+    backward of the same module (a backend's mixin falling back to the reference) runs as part
+    of the outer call.
+    """
+
+    @functools.wraps(backward)
+    def checked_backward(self, *args, **kwargs):
+        state = self.__dict__
+        if state.get("_in_backward"):
+            return backward(self, *args, **kwargs)
+        if state.get("_backward_done"):
+            raise backward_twice_error(type(self).__name__)
+        object.__setattr__(self, "_in_backward", True)
+        try:
+            result = backward(self, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "_in_backward", False)
+        object.__setattr__(self, "_backward_done", True)
+        return result
+
+    checked_backward.once_per_forward = True
+    return checked_backward
+
+
 class Module:
     """Base class of every layer. Subclasses define ``forward`` and ``backward``.
 
     Attributes that are Parameters or Modules are registered automatically, in assignment
     order, which fixes the dotted names of ``named_parameters`` and ``state_dict``.
+    ``backward`` runs once per forward (once_per_forward wraps each subclass's).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        backward = getattr(cls, "backward", None)  # its own, or a mixin's placed before a Module class
+        if callable(backward) and not getattr(backward, "once_per_forward", False):
+            cls.backward = once_per_forward(backward)
 
     #: the array module parameters live in (numpy here; the CuPy backend sets cupy)
     xp = np
@@ -116,8 +167,9 @@ class Module:
         return self.forward(*inputs, **kwargs)
 
     def save_for_backward(self, **values) -> None:
-        """Keep what ``backward`` needs; a new forward replaces it."""
+        """Keep what ``backward`` needs; a new forward replaces it (and allows one backward again)."""
         object.__setattr__(self, "_saved", values)
+        object.__setattr__(self, "_backward_done", False)
 
     def saved(self) -> dict:
         """What the last forward saved; raises if forward has not run."""
@@ -183,8 +235,9 @@ class Module:
             p.grad = None
 
     def train(self, mode: bool = True) -> "Module":
+        mode = check_flag("mode", mode)
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", mode)
         return self
 
     def eval(self) -> "Module":

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from .arrays import array_namespace, to_numpy
-from .checks import check_positive_int, describe
+from .checks import check_positive_int, describe, dtype_kind
 from .module import Parameter
 
 
@@ -52,6 +52,8 @@ class Optimizer(ABC):
     count_state: ClassVar[tuple] = ()
     #: torch.optim options this optimizer does not have, with the value that means "off"
     absent_options: ClassVar[dict] = {}
+    #: the keys of hyperparameters() (and of a state dict's group)
+    hyperparameter_names: ClassVar[tuple] = ()
 
     def __init__(self, params, **hyperparameters):
         self.params = _unique_parameters(params)
@@ -60,9 +62,10 @@ class Optimizer(ABC):
         self.state = {}  # parameter index -> {state name: array or count}
         self.__dict__.update(self._check_hyperparameters(**hyperparameters))
 
+    @staticmethod
     @abstractmethod
-    def _check_hyperparameters(self, **hyperparameters) -> dict:
-        """Defined by each subclass."""
+    def _check_hyperparameters(**hyperparameters) -> dict:
+        """Defined by each subclass (a staticmethod: the torch backend's optimizers call it too)."""
 
     @abstractmethod
     def hyperparameters(self) -> dict:
@@ -100,77 +103,19 @@ class Optimizer(ABC):
     def load_state_dict(self, state_dict) -> None:
         """Restore state and hyperparameters (from ours or torch.optim's, NumPy/torch/CuPy arrays).
 
-        Every check runs before anything changes: one group whose ``params`` has one entry per
-        parameter; our hyperparameters present (other keys, such as torch's ``foreach``, are
-        ignored, but torch options this optimizer lacks must be off: dampening, amsgrad,
-        maximize); state keyed by parameter index, with exactly this optimizer's state names
-        and the parameter's shape.
+        Every check (check_state_dict, shared with the torch backend) runs before anything
+        changes; the arrays are then copied onto each parameter's backend.
         """
-        if not hasattr(state_dict, "get") or "state" not in state_dict or "param_groups" not in state_dict:
-            raise TypeError(
-                f"state_dict must be a mapping with keys 'state' and 'param_groups', got {describe(state_dict)}"
-            )
-        groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != 1:
-            raise ValueError(f"state_dict['param_groups'] must be a list of one group, got {describe(groups)}")
-        group = groups[0]
-        if not hasattr(group, "get"):
-            raise TypeError(f"state_dict['param_groups'][0] must be a mapping, got {describe(group)}")
-        if len(group.get("params", ())) != len(self.params):
-            raise ValueError(
-                f"state_dict['param_groups'][0]['params'] must list {len(self.params)} parameters "
-                f"(this optimizer's), got {len(group.get('params', ()))}"
-            )
-        missing = [key for key in self.hyperparameters() if key not in group]
-        if missing:
-            raise ValueError(f"state_dict['param_groups'][0] is missing the hyperparameters {missing}")
-        hyperparameters = self._check_hyperparameters(**{key: group[key] for key in self.hyperparameters()})
-        for key, off in self.absent_options.items():
-            if key in group and group[key] != off:
-                raise ValueError(
-                    f"state_dict['param_groups'][0][{key!r}] must be {off!r} ({type(self).__name__} has no "
-                    f"such option), got {group[key]!r}"
-                )
-
+        hyperparameters, entries = check_state_dict(type(self), state_dict, [p.shape for p in self.params],
+                                                    type(self).__name__)
         staged = {}
-        for index, entry in state_dict["state"].items():
-            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.params):
-                raise ValueError(
-                    f"state_dict['state'] must be keyed by parameter index in [0, {len(self.params)}), got {index!r}"
-                )
-            staged_entry = self._check_state_entry(int(index), entry)
-            if staged_entry:
-                staged[int(index)] = staged_entry
+        for index, entry in entries.items():
+            param = self.params[index]
+            xp = array_namespace(param.data)
+            staged[index] = {key: (xp.array(to_numpy(value), dtype=self._state_dtype(param))  # a copy
+                                   if key in self.array_state else value) for key, value in entry.items()}
         self.__dict__.update(hyperparameters)
         self.state = staged
-
-    def _check_state_entry(self, index: int, entry) -> dict:
-        """One parameter's state, converted to the parameter's array type and dtype."""
-        where = f"state_dict['state'][{index}]"
-        if not hasattr(entry, "items"):
-            raise TypeError(f"{where} must be a mapping of state name -> value, got {describe(entry)}")
-        entry = {key: value for key, value in entry.items() if value is not None}  # torch: momentum_buffer=None
-        if not entry:
-            return {}
-        expected = set(self.array_state) | set(self.count_state)
-        if set(entry) != expected:
-            raise ValueError(f"{where} must have the keys {sorted(expected)}, got {sorted(entry)}")
-        param = self.params[index]
-        xp = array_namespace(param.data)
-        checked = {}
-        for key in self.array_state:
-            value = entry[key]
-            if not hasattr(value, "shape"):
-                raise TypeError(f"{where}[{key!r}] must be an array, got {describe(value)}")
-            if tuple(value.shape) != param.shape:
-                raise ValueError(f"{where}[{key!r}] must have shape {param.shape} (the parameter's), got {tuple(value.shape)}")
-            checked[key] = xp.array(to_numpy(value), dtype=self._state_dtype(param))  # a copy, on the param's backend
-        for key in self.count_state:
-            count = float(to_numpy(entry[key]))  # torch keeps step as a 0-d float tensor
-            if count != int(count) or count < 0:
-                raise ValueError(f"{where}[{key!r}] must be a non-negative whole number, got {count}")
-            checked[key] = int(count)
-        return checked
 
     def _state_dtype(self, param):
         """The dtype a loaded state array takes for ``param``: the parameter's (a backend may keep more)."""
@@ -179,6 +124,102 @@ class Optimizer(ABC):
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters().items())
         return f"{type(self).__name__}({len(self.params)} parameters, {options})"
+
+
+def check_state_dict(rules, state_dict, shapes: list, owner: str) -> tuple[dict, dict]:
+    """Every check of an optimizer's ``load_state_dict``, on every backend, before anything changes.
+
+    rules: the reference optimizer class whose rules apply (SGD, AdamW: its hyperparameter names
+    and checks, state names, absent torch options); shapes: the parameters' shapes, in order;
+    owner: the optimizer's name for messages. The state dict is read in its normalized view,
+    which ours and torch.optim's share: ``{"state": {i: {name: value}}, "param_groups": [group]}``,
+    i the parameter's position, one group whose ``params`` lists one entry per parameter. Arrays
+    may be NumPy, torch or CuPy; counts Python ints or torch's 0-d float tensors.
+
+    Checked: one group listing every parameter; each hyperparameter present and in range (the
+    constructor's checks: lr >= 0, betas in [0, 1), ...); torch options this optimizer lacks
+    (dampening, amsgrad, maximize) off; state keyed by an existing parameter index; each entry
+    with exactly this optimizer's state names; each array of the parameter's shape and a
+    floating dtype; each count a non-negative whole number. Other torch keys (foreach, fused)
+    are ignored.
+
+    Returns (the checked hyperparameters, {index: {name: value}}): arrays as given (the caller
+    copies them onto its backend), counts as ints; torch's ``momentum_buffer=None`` (SGD before
+    its first momentum step) and entries left empty are dropped.
+    """
+    if not hasattr(state_dict, "get") or "state" not in state_dict or "param_groups" not in state_dict:
+        raise TypeError(
+            f"state_dict must be a mapping with keys 'state' and 'param_groups', got {describe(state_dict)}"
+        )
+    groups = state_dict["param_groups"]
+    if not isinstance(groups, (list, tuple)) or len(groups) != 1:
+        raise ValueError(f"state_dict['param_groups'] must be a list of one group, got {describe(groups)}")
+    group = groups[0]
+    if not hasattr(group, "get"):
+        raise TypeError(f"state_dict['param_groups'][0] must be a mapping, got {describe(group)}")
+    listed = group.get("params", ())
+    if not hasattr(listed, "__len__") or len(listed) != len(shapes):
+        raise ValueError(
+            f"state_dict['param_groups'][0]['params'] must list {len(shapes)} parameters "
+            f"(this optimizer's), got {describe(listed)}"
+        )
+    missing = [key for key in rules.hyperparameter_names if key not in group]
+    if missing:
+        raise ValueError(f"state_dict['param_groups'][0] is missing the hyperparameters {missing}")
+    hyperparameters = rules._check_hyperparameters(**{key: group[key] for key in rules.hyperparameter_names})
+    for key, off in rules.absent_options.items():
+        if key in group and group[key] != off:
+            raise ValueError(
+                f"state_dict['param_groups'][0][{key!r}] must be {off!r} ({owner} has no such option), "
+                f"got {group[key]!r}"
+            )
+    state = state_dict["state"]
+    if not hasattr(state, "items"):
+        raise TypeError(f"state_dict['state'] must be a mapping of parameter index -> state, got {describe(state)}")
+    entries = {}
+    for index, entry in state.items():
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(shapes):
+            raise ValueError(
+                f"state_dict['state'] must be keyed by parameter index in [0, {len(shapes)}) "
+                f"({owner} has {len(shapes)} parameters), got {index!r}"
+            )
+        checked = _check_state_entry(rules, f"state_dict['state'][{int(index)}]", entry, tuple(shapes[int(index)]))
+        if checked:
+            entries[int(index)] = checked
+    return hyperparameters, entries
+
+
+def _check_state_entry(rules, where: str, entry, shape: tuple) -> dict:
+    """One parameter's state: exactly the rules' names, arrays of ``shape`` and a floating dtype, whole counts."""
+    if not hasattr(entry, "items"):
+        raise TypeError(f"{where} must be a mapping of state name -> value, got {describe(entry)}")
+    entry = {key: value for key, value in entry.items() if value is not None}  # torch: momentum_buffer=None
+    if not entry:
+        return {}
+    expected = set(rules.array_state) | set(rules.count_state)
+    if set(entry) != expected:
+        raise ValueError(f"{where} must have the keys {sorted(expected)}, got {sorted(entry)}")
+    checked = {}
+    for key in rules.array_state:
+        value = entry[key]
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            raise TypeError(f"{where}[{key!r}] must be an array, got {describe(value)}")
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{where}[{key!r}] must have shape {shape} (the parameter's), got {tuple(value.shape)}")
+        if dtype_kind(value.dtype) != "f":
+            raise TypeError(f"{where}[{key!r}] must have a floating dtype, got {value.dtype}")
+        checked[key] = value
+    for key in rules.count_state:
+        value = entry[key]
+        if hasattr(value, "shape") and math.prod(value.shape) == 1:  # torch keeps step as a 0-d float tensor
+            value = to_numpy(value).reshape(())[()]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{where}[{key!r}] must be a whole number, got {describe(value)}")
+        count = float(value)
+        if not math.isfinite(count) or count != int(count) or count < 0:
+            raise ValueError(f"{where}[{key!r}] must be a non-negative whole number, got {count}")
+        checked[key] = int(count)
+    return checked
 
 
 class SGD(Optimizer):
@@ -193,11 +234,13 @@ class SGD(Optimizer):
 
     array_state = ("momentum_buffer",)
     absent_options: ClassVar[dict] = {"dampening": 0, "maximize": False}
+    hyperparameter_names = ("lr", "momentum", "weight_decay", "nesterov")
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
-    def _check_hyperparameters(self, lr, momentum, weight_decay, nesterov) -> dict:
+    @staticmethod
+    def _check_hyperparameters(lr, momentum, weight_decay, nesterov) -> dict:
         checked = {
             "lr": _check_number("lr", lr),
             "momentum": _check_number("momentum", momentum),
@@ -244,11 +287,13 @@ class AdamW(Optimizer):
     array_state = ("exp_avg", "exp_avg_sq")
     count_state = ("step",)
     absent_options: ClassVar[dict] = {"amsgrad": False, "maximize": False, "decoupled_weight_decay": True}
+    hyperparameter_names = ("lr", "betas", "eps", "weight_decay")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
-    def _check_hyperparameters(self, lr, betas, eps, weight_decay) -> dict:
+    @staticmethod
+    def _check_hyperparameters(lr, betas, eps, weight_decay) -> dict:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {describe(betas)}")
         return {

@@ -8,6 +8,9 @@ The hook (the only place the CuPy backend's attention differs from the reference
         or boolean / additive-{0, −inf} with shape broadcastable to (B, 1, 1, S) (same for every query
         and head)
       - no attention dropout in this forward (dropout_p = 0 or eval mode)
+      - query, key and value are finite: a NaN (or ±inf) goes to the reference's code, where it shows in
+        the output and gradients as on every backend (the kernel's fmaxf running max skips a NaN
+        score, and its backward does not carry a NaN into every gradient the reference's does)
       - the weights are not requested (MultiHeadAttention(need_weights=False); the module flag
         ``fused_allowed`` is False while a need_weights=True forward runs)
       - flash_attention_kernels.py is present (it defines the launchers below)
@@ -33,6 +36,8 @@ import numpy as np
 from reference.attention_inputs import array_check, check_sdpa_arguments
 
 FLASH_DTYPES = ("float32", "float16", "bfloat16")
+#: the exponent bits of the 2-byte floats: all of them set means ±inf or NaN
+HALF_EXPONENT_BITS = {"float16": 0x7C00, "bfloat16": 0x7F80}
 
 
 def flash_kernels():
@@ -43,6 +48,22 @@ def flash_kernels():
         if error.name and error.name.endswith("flash_attention_kernels"):
             return None
         raise
+
+
+def all_finite(xp, *arrays) -> bool:
+    """Whether every entry of ``arrays`` is finite: one reduction each, one device-to-host sync in all.
+
+    The 2-byte floats are read through their bits (an all-ones exponent is ±inf or NaN), which
+    needs no floating support for bfloat16 in the array module.
+    """
+    flags = []
+    for a in arrays:
+        bits = HALF_EXPONENT_BITS.get(str(a.dtype))
+        if bits is None:
+            flags.append(xp.all(xp.isfinite(a)))
+        else:
+            flags.append(~xp.any((a.view(xp.uint16) & bits) == bits))
+    return bool(xp.all(xp.stack(flags)))
 
 
 def key_padding_only(attn_mask, xp, B, H, L, S):
@@ -114,6 +135,8 @@ class FlashScaledDotProductAttention:
             return None
         # bad input raises the reference's errors (the rules of reference/attention_inputs.py)
         _, scale = check_sdpa_arguments(query, key, value, attn_mask, is_causal, scale, enable_gqa, array_check(xp))
+        if not all_finite(xp, query, key, value):  # NaN / ±inf: the reference's code makes them show
+            return None
         B, H, L, _ = query.shape
         S = key.shape[-2]
         key_valid = None

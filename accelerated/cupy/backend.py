@@ -153,9 +153,9 @@ def make_namespace(xp, module_name: str = "accelerated.cupy") -> SimpleNamespace
     def asarray(x, dtype=None):
         storage = half_dtype(dtype, xp)
         dtype = storage if storage is not None else dtype
-        if type(x).__module__.startswith(xp.__name__) and hasattr(x, "dtype"):
+        if type(x).__module__.startswith(xp.__name__) and hasattr(x, "dtype") and x.dtype.kind != "O":
             return xp.asarray(x, dtype=dtype)
-        return xp.asarray(to_numpy(x), dtype=dtype)
+        return xp.asarray(reference_arrays.numeric_numpy(x), dtype=dtype)  # a str, None, ...: TypeError naming x
 
     def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                      scale=None, enable_gqa=False):

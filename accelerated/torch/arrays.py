@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reference.arrays import _is_cupy_array
+from reference.arrays import _is_cupy_array, numeric_numpy
 from reference.arrays import to_numpy as _reference_to_numpy
 
 #: parameter dtypes of this backend (bf16 and fp16 are meant for CUDA, where the fused kernels run)
@@ -70,14 +70,14 @@ def asarray(x, dtype=None) -> torch.Tensor:
 
     The device is kept: NumPy and lists give CPU tensors, CuPy arrays CUDA tensors. NumPy
     arrays are shared, not copied, when no dtype conversion is needed (as torch.as_tensor).
+    Anything that is not numeric (a str, None, an object array) raises a TypeError naming ``x``.
     """
     target = None if dtype is None else torch_dtype(dtype)
     if isinstance(x, torch.Tensor):
         out = x
     elif _is_cupy_array(x):
         out = torch.from_dlpack(x)
-    elif isinstance(x, np.ndarray):
-        out = torch.from_numpy(np.ascontiguousarray(x)) if x.dtype.kind != "O" else torch.as_tensor(x.tolist())
-    else:
-        out = torch.as_tensor(np.asarray(x))
+    else:  # NumPy, numbers, lists: the reference's reading (a TypeError naming x for a str, None, ...)
+        array = numeric_numpy(x)
+        out = torch.from_numpy(array if array.flags.c_contiguous else np.ascontiguousarray(array))  # 0-d stays 0-d
     return out if target is None else out.to(target)

@@ -3,7 +3,9 @@
 The fused kernel (FlashAttention / memory-efficient / cuDNN on GPU, the flash CPU kernel on
 CPU) runs whenever the attention probabilities are not asked for. Around it this file adds
 what the SPEC promises on every backend: a query whose row is fully masked gets output 0 and
-gradient 0 (never NaN), and ``is_causal`` may be combined with ``attn_mask`` (torch refuses).
+gradient 0 (never NaN), a NaN in the inputs or in a float mask shows in the output (only −inf
+blocks: a NaN is never taken for "masked"), and ``is_causal`` may be combined with
+``attn_mask`` (torch refuses).
 """
 
 from __future__ import annotations
@@ -129,27 +131,61 @@ def attend(query, key, value, attn_mask, dropout_p: float, is_causal: bool, scal
             is_causal = False
     if need_weights:
         return _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, generator)
-    if mask is None:  # no row can be empty (causal rows always see key 0)
+    if mask is None:  # no row can be empty (causal rows always see key 0; S = 0 gives zeros)
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=is_causal,
                                              scale=scale, enable_gqa=group > 1)
-        return out, None
-    allowed = mask if mask.dtype == torch.bool else mask > float("-inf")  # (..., L, S)
+        return out + _nan_rows(query, key, is_causal, group), None
+    allowed = mask if mask.dtype == torch.bool else mask != float("-inf")  # (..., L, S)  NaN is not −inf: it shows
     row_ok = allowed.any(dim=-1, keepdim=True)  # (..., L, 1)  False on a fully masked row
-    # give empty rows something to attend to (any finite row), then zero their output: the
-    # masked_fill passes gradient 0 into those rows, so their dq, dk, dv contributions are 0
+    nan_rows = _nan_rows(query, None, False, group)  # (..., L, 1)  before the dead rows' queries are zeroed
+    # give empty rows something to attend to (any finite row: their queries are zeroed, so a NaN there
+    # reaches nothing), then zero their output: the masked_fill passes gradient 0 into those rows, so
+    # their dq, dk, dv contributions are 0
     safe = mask | ~row_ok if mask.dtype == torch.bool else mask.masked_fill(~row_ok, 0.0)
+    query = torch.where(row_ok, query, 0.0)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=safe, dropout_p=dropout_p, scale=scale,
                                          enable_gqa=group > 1)
-    return out.masked_fill(~row_ok, 0.0), None  # (..., L, Ev)
+    return (out + nan_rows).masked_fill(~row_ok, 0.0), None  # (..., L, Ev)
+
+
+def _nan_rows(query, key, is_causal: bool, group: int):
+    """(..., L, 1): NaN on the query rows that must come out NaN but that torch's fused kernels may show
+    as 0, else 0 (added to the output: the gradient passes through unchanged, no device sync).
+
+    torch's CPU flash kernel (no mask) takes a row whose scores are all NaN for a fully masked row and
+    returns 0 there: a row whose query holds a NaN, or (key given) whose every visible key holds one
+    (non-causal: all S keys; causal: keys 0..i). A row that sees a NaN key and a finite one comes out
+    NaN from the kernel itself.
+    """
+    rows = torch.isnan(query).any(dim=-1, keepdim=True)  # (..., H, L, 1)
+    if key is not None and key.shape[-2] > 0:
+        key_nan = torch.isnan(key).any(dim=-1)  # (..., Hkv, S)
+        if group > 1:
+            key_nan = key_nan.repeat_interleave(group, dim=-2)  # (..., H, S)
+        L, S = query.shape[-2], key.shape[-2]
+        if is_causal:  # row i sees keys 0..min(i, S − 1): all NaN iff the first min(i, S − 1) + 1 are
+            prefix = torch.cumprod(key_nan.to(torch.uint8), dim=-1).bool()  # (..., H, S)
+            last = torch.arange(L, device=query.device).clamp(max=S - 1)  # (L,)
+            rows = rows | prefix[..., last].unsqueeze(-1)  # (..., H, L, 1)
+        else:
+            rows = rows | key_nan.all(dim=-1, keepdim=True).unsqueeze(-1)  # (..., H, 1, 1)
+    zero = torch.zeros((), dtype=query.dtype, device=query.device)
+    return torch.where(rows, float("nan"), zero)
 
 
 def _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, generator):
     """Attention with P formed explicitly (for need_weights): O = dropout(P) V."""
     k = key.repeat_interleave(group, dim=-3) if group > 1 else key  # (..., H, S, E)
     v = value.repeat_interleave(group, dim=-3) if group > 1 else value  # (..., H, S, Ev)
+    if mask is not None:  # a fully masked row's query reaches nothing (a NaN there included), as the reference's
+        allowed = mask if mask.dtype == torch.bool else mask != float("-inf")
+        query = torch.where(allowed.any(dim=-1, keepdim=True), query, 0.0)
     scores = (query @ k.transpose(-1, -2)) * scale  # (..., L, S)  A = scale · Q Kᵀ
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:  # added; a −inf entry blocks whatever the score (NaN + −inf included), as a boolean False
+            scores = (scores + mask).masked_fill(mask == float("-inf"), float("-inf"))
     if is_causal:
         causal = allowed_causal(query.shape[-2], key.shape[-2], torch_arange(query.device))  # (L, S)
         scores = scores.masked_fill(~causal, float("-inf"))
@@ -159,8 +195,11 @@ def _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, g
 
 
 def masked_softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis; a row of only −inf gives zeros (and passes gradient 0)."""
-    row_ok = (scores > float("-inf")).any(dim=-1, keepdim=True)  # (..., 1)
+    """Softmax over the last axis; a row of only −inf gives zeros (and passes gradient 0).
+
+    Blocked means exactly −inf: a NaN score is not blocked, its row comes out NaN (as the
+    reference's reference.attention.masked_softmax)."""
+    row_ok = (scores != float("-inf")).any(dim=-1, keepdim=True)  # (..., 1)  NaN counts: it must show
     probs = torch.softmax(scores.masked_fill(~row_ok, 0.0), dim=-1)  # (..., S)  finite everywhere
     return probs.masked_fill(~row_ok, 0.0)
 

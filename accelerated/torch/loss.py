@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from reference.checks import check_class_targets, check_cross_entropy_config, check_cross_entropy_inputs
 
-from .checks import TENSORS, describe
+from .arrays import HALF_DTYPES
+from .checks import TENSORS, autocast_active, describe
 from .module import Module
 
 
@@ -19,6 +20,10 @@ class CrossEntropyLoss(Module):
     are the LAST dimension (logits (..., V), target (...) int), q = (1 − ε)·onehot(t) + ε/V,
     positions with target == ignore_index count for nothing. Reductions mean (Σℓ / Σw), sum,
     none. Unlike torch, a mean over no counted position is 0 with gradient 0, not NaN.
+    float16/bfloat16 logits are reduced in float32 (SPEC: half-precision reductions accumulate
+    in at least float32; a half sum of 1e4-sized losses overflows to inf) and the loss comes
+    back in the logits' dtype (under autocast in float32, autocast's own rule for cross-entropy,
+    which keeps a scaled loss of GradScaler finite).
     ``backward(grad_output=1.0)`` returns (dlogits, None); gradients: autograd.
     """
 
@@ -30,6 +35,9 @@ class CrossEntropyLoss(Module):
     def forward(self, logits, target):
         check_cross_entropy_inputs(logits, target, TENSORS)
         num_classes = logits.shape[-1]  # V
+        dtype = torch.float32 if autocast_active(logits) else logits.dtype  # the loss's dtype
+        if logits.dtype in HALF_DTYPES:
+            logits = logits.float()  # (..., V)  log-softmax and sums in float32; autograd casts dlogits back
         target = target.to(device=logits.device, dtype=torch.int64)
         valid = target != self.ignore_index  # (...)  w
         check_class_targets(target, valid, num_classes, self.ignore_index)
@@ -38,12 +46,12 @@ class CrossEntropyLoss(Module):
             label_smoothing=self.label_smoothing, reduction="none",
         ).reshape(target.shape)
         if self.reduction == "none":
-            return per_position  # (...)
+            return per_position.to(dtype)  # (...)
         total = per_position.sum()  # ()  Σ ℓ
         if self.reduction == "sum":
-            return total
+            return total.to(dtype)
         count = int(valid.sum())  # Σ w
-        return total / count if count else total * 0.0  # ()  nothing counts → 0, gradient 0 (torch: NaN)
+        return (total / count if count else total * 0.0).to(dtype)  # ()  nothing counts → 0, gradient 0 (torch: NaN)
 
     def backward(self, grad_output=1.0):
         """(dlogits, None); grad_output of a scalar loss may be a Python float or a 0-d tensor."""

@@ -12,6 +12,7 @@ backward runs unchanged. Plain autograd (``loss.backward()``) works as on any to
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -19,10 +20,10 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from reference.module import child_seed, make_rng, stage_state_dict  # noqa: F401  (the same seeds on every backend)
+from reference.module import backward_twice_error, child_seed, make_rng, stage_state_dict  # noqa: F401
 
 from .arrays import DEFAULT_DTYPE, asarray, resolve_dtype
-from .checks import describe
+from .checks import check_flag, describe
 
 Parameter = nn.Parameter
 
@@ -36,6 +37,56 @@ class _LastForward:
     grad_enabled: bool
     arguments: dict  # every argument of forward by name (masks and flags included)
     used: bool = False
+    wrapper: str | None = None  # "DistributedDataParallel" / "FullyShardedDataParallel" when one ran this forward
+
+
+def _wrapper_codes() -> dict:
+    """code object -> wrapper name, for the forward methods of the data-parallel wrappers loaded so far."""
+    codes = {}
+    ddp = sys.modules.get("torch.nn.parallel.distributed")
+    if ddp is not None:
+        cls = ddp.DistributedDataParallel
+        for method in ("forward", "_run_ddp_forward"):
+            function = getattr(cls, method, None)
+            if hasattr(function, "__code__"):
+                codes[function.__code__] = "DistributedDataParallel"
+    fsdp = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
+    if fsdp is not None:
+        function = getattr(fsdp.FullyShardedDataParallel, "forward", None)
+        if hasattr(function, "__code__"):
+            codes[function.__code__] = "FullyShardedDataParallel"
+    return codes
+
+
+def parallel_wrapper_running(frame) -> str | None:
+    """The data-parallel wrapper (DDP or FSDP) whose forward is running this call, or None.
+
+    DDP marks its forward in ``DistributedDataParallel._active_ddp_module`` (for TorchDynamo);
+    otherwise (DDP's Python reducer, FSDP) the wrapper's forward is found among the calling
+    frames, however deep inside it this module is called (a plain nn.Module in between
+    included). Only modules already imported are looked for: nothing is imported here.
+    """
+    ddp = sys.modules.get("torch.nn.parallel.distributed")
+    if ddp is not None and getattr(ddp.DistributedDataParallel, "_active_ddp_module", None) is not None:
+        return "DistributedDataParallel"
+    codes = _wrapper_codes()
+    while codes and frame is not None:
+        name = codes.get(frame.f_code)
+        if name is not None:
+            return name
+        frame = frame.f_back
+    return None
+
+
+def fully_sharded(module) -> bool:
+    """Whether FSDP2 (``fully_shard``) manages ``module``, one of its submodules or its parameters (DTensors)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    fsdp_module = getattr(fsdp, "FSDPModule", None) if fsdp is not None else None
+    if fsdp_module is not None and any(isinstance(m, fsdp_module) for m in module.modules()):
+        return True
+    tensor = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(tensor, "DTensor", None) if tensor is not None else None
+    return dtensor is not None and any(isinstance(p, dtensor) for p in module.parameters())
 
 
 class BackwardProtocol:
@@ -89,7 +140,8 @@ class BackwardProtocol:
             _state.inside = False
         bound.apply_defaults()
         self.__dict__["_last_forward"] = _LastForward([bound.arguments[n] for n in present], output, grad_enabled,
-                                                      dict(bound.arguments))
+                                                      dict(bound.arguments),
+                                                      wrapper=parallel_wrapper_running(sys._getframe(1)))
         return output
 
     # ---- backward ------------------------------------------------------------------------
@@ -129,9 +181,14 @@ class BackwardProtocol:
                 "torch.no_grad() or torch.inference_mode()"
             )
         if last.used:
+            raise backward_twice_error(name)  # its graph is freed, as after loss.backward()
+        wrapper = last.wrapper or ("FSDP (fully_shard)" if fully_sharded(self) else None)
+        if wrapper is not None:
             raise ValueError(
-                f"{name}.backward() was already called for the last forward (its graph is freed, as after "
-                "loss.backward()): expected a new forward pass first"
+                f"{name}.backward() does not work under {wrapper}: it calls torch.autograd.grad, which fires none "
+                "of the wrapper's hooks, so no gradient would be all-reduced (or reach the sharded parameters) "
+                "and training would silently do nothing; expected autograd there: call loss.backward() on the "
+                "wrapper's output (accelerated.torch.distributed: DistributedContext.backward(loss, count))"
             )
         outputs = self._backward_outputs(last.output)
         if isinstance(outputs, torch.Tensor):
@@ -184,6 +241,10 @@ class BackwardProtocol:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def train(self, mode: bool = True):
+        """torch.nn.Module.train, with the reference's check: mode must be a bool (TypeError naming it)."""
+        return super().train(check_flag("mode", mode))
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Copy NumPy, torch or CuPy arrays into the parameters, after checking all of them.
 
@@ -234,6 +295,10 @@ class ModuleList(Catalogue, nn.ModuleList):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def train(self, mode: bool = True):
+        """torch.nn.Module.train, with the reference's check: mode must be a bool (TypeError naming it)."""
+        return super().train(check_flag("mode", mode))
 
 
 def as_parameter(value, dtype: torch.dtype) -> nn.Parameter:

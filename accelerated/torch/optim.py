@@ -67,45 +67,32 @@ class _Wrapper:
 
     def hyperparameters(self) -> dict:
         group = self.param_groups[0]
-        return {key: group[key] for key in self._reference_keys}
+        return {key: group[key] for key in self._rules.hyperparameter_names}
 
     def load_state_dict(self, state_dict) -> None:
-        """Restore state and hyperparameters from ours, torch.optim's or the reference optimizer's."""
-        if not hasattr(state_dict, "get") or "state" not in state_dict or "param_groups" not in state_dict:
-            raise TypeError(
-                f"state_dict must be a mapping with keys 'state' and 'param_groups', got {describe(state_dict)}"
-            )
-        groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != len(self.param_groups):
-            raise ValueError(
-                f"state_dict['param_groups'] must be a list of {len(self.param_groups)} group(s), "
-                f"got {describe(groups)}"
-            )
-        merged_groups = []
-        for own, given in zip(self.param_groups, groups):
-            if not hasattr(given, "get"):
-                raise TypeError(f"state_dict['param_groups'] must hold mappings, got {describe(given)}")
-            missing = [key for key in self._reference_keys if key not in given]
-            if missing:
-                raise ValueError(f"state_dict['param_groups'] is missing the hyperparameters {missing}")
-            # torch-only options (foreach, fused, maximize, ...) keep this optimizer's values when absent
-            merged_groups.append({**{k: v for k, v in own.items() if k != "params"}, **given})
+        """Restore state and hyperparameters from ours, torch.optim's or the reference optimizer's.
+
+        The reference's checks (reference.optim.check_state_dict, on the normalized view both
+        layouts share: state keyed by parameter position, one group) all run before anything
+        changes: keys, shapes, dtypes, hyperparameter ranges, parameter indices. Then the
+        arrays are copied to each parameter's device and dtype, steps become torch's 0-d
+        floats, and the group keeps this optimizer's torch-only options (foreach, fused, ...).
+        """
+        params = self.param_groups[0]["params"]
+        hyperparameters, entries = reference.check_state_dict(
+            self._rules, state_dict, [tuple(p.shape) for p in params], type(self).__name__)
         scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32  # torch's step dtype
         state = {}
-        for index, entry in state_dict["state"].items():
-            if not hasattr(entry, "items"):
-                raise TypeError(f"state_dict['state'][{index!r}] must be a mapping, got {describe(entry)}")
-            converted = {}
-            for key, value in entry.items():
-                if value is None:
-                    converted[key] = value
-                elif key == "step":
-                    converted[key] = asarray(value, scalar).reshape(()) if hasattr(value, "shape") else torch.tensor(
-                        float(value), dtype=scalar)
-                else:
-                    converted[key] = asarray(value).clone()  # never shares memory with the caller's arrays
-            state[index] = converted
-        super().load_state_dict({"state": state, "param_groups": merged_groups})
+        for index, entry in entries.items():
+            param = params[index]
+            state[index] = {
+                key: (torch.tensor(float(value), dtype=scalar) if key in self._rules.count_state
+                      else asarray(value).to(device=param.device, dtype=param.dtype, copy=True))  # never shared
+                for key, value in entry.items()
+            }
+        own = {key: value for key, value in self.param_groups[0].items() if key != "params"}
+        group = {**own, **hyperparameters, "params": list(range(len(params)))}
+        super().load_state_dict({"state": state, "param_groups": [group]})
 
 
 class SGD(_Wrapper, torch.optim.SGD):
@@ -114,16 +101,17 @@ class SGD(_Wrapper, torch.optim.SGD):
         d ← g + λθ;  b ← d (first step) or μb + d;  d ← d + μb (nesterov) or b;  θ ← θ − η d
     """
 
-    _reference_keys = ("lr", "momentum", "weight_decay", "nesterov")
+    _rules = reference.SGD  # the hyperparameters, state names and checks
     # torch 2.13's fused SGD fails (TypeError in torch._fused_sgd_) once a parameter that had no
     # gradient at the first momentum step gets one: its momentum buffer is still None
     _fused = False
-    array_state, count_state, absent_options = (reference.SGD.array_state, reference.SGD.count_state,
-                                                reference.SGD.absent_options)
+    array_state, count_state, absent_options, hyperparameter_names = (
+        reference.SGD.array_state, reference.SGD.count_state, reference.SGD.absent_options,
+        reference.SGD.hyperparameter_names)
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
         # the reference's argument checks (the same exceptions and messages on every backend)
-        checked = reference.SGD._check_hyperparameters(self, lr, momentum, weight_decay, nesterov)
+        checked = reference.SGD._check_hyperparameters(lr, momentum, weight_decay, nesterov)
         self._construct(torch.optim.SGD, params, checked)
 
 
@@ -134,12 +122,13 @@ class AdamW(_Wrapper, torch.optim.AdamW):
         θ ← θ − η/(1 − β₁ᵗ) · m / (√v/√(1 − β₂ᵗ) + ε)          (t: the parameter's own step count)
     """
 
-    _reference_keys = ("lr", "betas", "eps", "weight_decay")
-    array_state, count_state, absent_options = (reference.AdamW.array_state, reference.AdamW.count_state,
-                                                reference.AdamW.absent_options)
+    _rules = reference.AdamW
+    array_state, count_state, absent_options, hyperparameter_names = (
+        reference.AdamW.array_state, reference.AdamW.count_state, reference.AdamW.absent_options,
+        reference.AdamW.hyperparameter_names)
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
-        checked = reference.AdamW._check_hyperparameters(self, lr, betas, eps, weight_decay)
+        checked = reference.AdamW._check_hyperparameters(lr, betas, eps, weight_decay)
         self._construct(torch.optim.AdamW, params, checked)
 
 

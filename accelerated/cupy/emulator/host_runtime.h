@@ -70,6 +70,7 @@ inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+inline float __fmul_rn(float a, float b) { return a * b; }  // a rounded product (the GPU never fuses it into an FMA)
 
 // CUDA's min/max overloads for the integer and float types (host C++ has only std::min/max).
 #define ROSETTA_MIN_MAX(T)                                 \

@@ -13,18 +13,24 @@
 // Query head h reads kv head h / (H / Hkv) (grouped kv heads). is_causal is top-left aligned as
 // in torch SDPA: query i may see key j when j <= i.
 //
-// Forward (online softmax, one pass over the keys, fp32 state per query row):
-//   s_ij = scale · q_i · k_j                (−∞ where masked)
-//   m_i  = running max,  l_i = Σ_j exp(s_ij − m_i),  acc_i = Σ_j exp(s_ij − m_i) v_j
+// Forward (online softmax, one pass over the keys, fp32 state per query row; the letters are the
+// reference's: A the scores, P the probabilities, S the key length):
+//   a_ij = scale · q_i · k_j                (−∞ where masked)
+//   m_i  = running max,  l_i = Σ_j exp(a_ij − m_i),  acc_i = Σ_j exp(a_ij − m_i) v_j
 //   o_i  = acc_i / l_i,  lse_i = m_i + log l_i     (a fully masked row: o_i = 0, lse_i = −∞)
 // Backward (recomputes P from lse instead of storing it):
 //   δ_i   = Σ_d do_id · o_id                                    (flash_bwd_preprocess_*)
-//   p_ij  = exp(s_ij − lse_i),  dp_ij = do_i · v_j,  ds_ij = p_ij (dp_ij − δ_i)
-//   dv_j  = Σ_i p_ij do_i,  dk_j = scale Σ_i ds_ij q_i,  dq_i = scale Σ_j ds_ij k_j
+//   p_ij  = exp(a_ij − lse_i),  dp_ij = do_i · v_j,  da_ij = p_ij (dp_ij − δ_i)
+//   dv_j  = Σ_i p_ij do_i,  dk_j = scale Σ_i da_ij q_i,  dq_i = scale Σ_j da_ij k_j
+// Every kernel keeps a_ij and lse_i in these natural-log units, a_ij rounded once to fp32
+// (__fmul_rn(q · k, scale)) in the forward and the backward alike: with both bitwise equal and
+// lse_i >= max_j a_ij, p_ij <= 1 whatever the magnitude of the scores (at |a| ~ 1e8 the fp32 ulp
+// is 8, and a score or an lse rounded once more, e.g. converted to base 2, is off by several units
+// of the exponent). Where a base-2 exponential is faster, it takes the difference: exp2((a − m) log2 e).
 // dk/dv of one key block are accumulated in registers over all query blocks and all query
 // heads sharing the kv head; dq is accumulated with fp32 atomicAdd into a zeroed buffer
 // (B, H, L, d) that flash_bwd_convert_dq_* rounds to the element type. fp16/bf16 run every
-// product on tensor cores (fwd_mma, bwd_mma; P and ds rounded to the element type before their
+// product on tensor cores (fwd_mma, bwd_mma; P and dA rounded to the element type before their
 // products); float32 uses fp32 FMA throughout (fwd_simt, bwd_simt).
 //
 // Entry points (extern "C", tag ∈ {f32, f16, bf16}, D ∈ {32, 64, 128}), all 128 threads a block:

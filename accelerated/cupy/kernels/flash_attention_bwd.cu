@@ -11,7 +11,7 @@
 
 // Query rows per tile of the tensor-core backward, by head dim (a compile-time choice; the lab
 // overrides it): a multiple of 16 dividing 64, whole 16-byte pieces per thread for the tile fetch
-// (BM · D / 8 a multiple of 128) and K, V, Q, dO, dS within 48 KB of static shared memory:
+// (BM · D / 8 a multiple of 128) and K, V, Q, dO, dA within 48 KB of static shared memory:
 // BM ∈ {32, 64} at D = 32, {16, 32, 64} at D = 64, {16} at D = 128.
 #ifndef FA_BWD_MMA_BM_D32
 #define FA_BWD_MMA_BM_D32 64
@@ -112,7 +112,7 @@ __device__ __forceinline__ void bwd_simt(const T* __restrict__ q, const T* __res
             }
             __syncthreads();
 
-            // Phase 1: p_ij = exp(s_ij − lse_i),  ds_ij = p_ij (do_i · v_j − δ_i).
+            // Phase 1: p_ij = exp(a_ij − lse_i),  da_ij = p_ij (do_i · v_j − δ_i).
             for (int e = tid; e < BM * BN; e += FA_THREADS) {
                 int i = e / BN, j = e % BN, gi = m0 + i, gj = n0 + j;
                 float p = 0.f, ds = 0.f;
@@ -123,7 +123,7 @@ __device__ __forceinline__ void bwd_simt(const T* __restrict__ q, const T* __res
                         dot = fmaf(qs[i][c], ks[j][c], dot);
                         dp = fmaf(dos[i][c], vs[j][c], dp);
                     }
-                    p = expf(dot * scale - lse_s[i]);
+                    p = expf(__fmul_rn(dot, scale) - lse_s[i]);  // the forward's rounded score (fwd_simt)
                     ds = p * (dp - delta_s[i]);
                 }
                 ps[i][j] = p;
@@ -131,7 +131,7 @@ __device__ __forceinline__ void bwd_simt(const T* __restrict__ q, const T* __res
             }
             __syncthreads();
 
-            // Phase 2: dv_j += Σ_i p_ij do_i,  dk_j += Σ_i ds_ij q_i (scale applied at the end).
+            // Phase 2: dv_j += Σ_i p_ij do_i,  dk_j += Σ_i da_ij q_i (scale applied at the end).
             for (int i = 0; i < BM; ++i) {
                 float p = ps[i][jl], ds = dss[i][jl];
 #pragma unroll
@@ -141,7 +141,7 @@ __device__ __forceinline__ void bwd_simt(const T* __restrict__ q, const T* __res
                 }
             }
 
-            // Phase 3: dq_i += scale Σ_j ds_ij k_j (fp32 atomics: other key blocks add to the same rows).
+            // Phase 3: dq_i += scale Σ_j da_ij k_j (fp32 atomics: other key blocks add to the same rows).
             const int il = tid / TPK;
             if (m0 + il < L) {
                 float part[DPT];
@@ -176,32 +176,33 @@ __device__ __forceinline__ void bwd_simt(const T* __restrict__ q, const T* __res
 // read its kv head and over query tiles of BM rows (from the diagonal on when causal); per tile,
 // two barriers:
 //   phase 1, each warp on its own 16 keys, in chunks of 16 queries:
-//     Sᵀ = K_w Qᵀ, dPᵀ = V_w dOᵀ                  (mma; the B fragments are rows of Q and dO)
-//     Pᵀ = exp(scale·Sᵀ − lse) (0 where masked), dSᵀ = Pᵀ ⊙ (dPᵀ − δ)      (fp32, in registers)
-//     dV_w += Pᵀ dO, dK_w += dSᵀ Q               (the Sᵀ/dPᵀ accumulators of the two 8-query tiles
+//     Aᵀ = scale · K_w Qᵀ, dPᵀ = V_w dOᵀ          (mma; the B fragments are rows of Q and dO)
+//     Pᵀ = exp(Aᵀ − lse) (0 where masked, at most 1), dAᵀ = Pᵀ ⊙ (dPᵀ − δ)  (fp32, in registers)
+//     dV_w += Pᵀ dO, dK_w += dAᵀ Q               (the Aᵀ/dPᵀ accumulators of the two 8-query tiles
 //                                                 are one A fragment, as P in the forward; dO and
 //                                                 Q are read transposed from shared memory)
-//     dS (16-bit) → shared memory, transposed: ds_s[query][key]
+//     dA (16-bit) → shared memory, transposed: ds_s[query][key]
 //   barrier; then the next tile's Q, dO, lse, δ are fetched into registers (TileFetch), and
 //   phase 2, warp w on dQ rows 16·(w % (BM/16)).. and column group w / (BM/16):
-//     dQ_tile = dS K (mma, K read transposed), scale · dQ_tile → fp32 atomicAdd into dq_accum;
+//     dQ_tile = dA K (mma, K read transposed), scale · dQ_tile → fp32 atomicAdd into dq_accum;
 //   the fetched tile is stored to shared memory (nothing reads Q, dO, lse, δ after the barrier).
-// P and dS enter their products rounded to T (as in FlashAttention-2); every sum is fp32.
+// P and dA enter their products rounded to T (as in FlashAttention-2); every sum is fp32.
 // Static shared memory (16-bit tiles, rows padded by 8 elements against bank conflicts):
-//   K, V 2·64·(D+8)·2 B; Q, dO 2·BM·(D+8)·2 B; dS BM·72·2 B; lse, δ 8·BM B; a flag 4 B:
+//   K, V 2·64·(D+8)·2 B; Q, dO 2·BM·(D+8)·2 B; dA BM·72·2 B; lse, δ 8·BM B; a flag 4 B:
 //   D = 32, BM = 64: 30212 B    D = 64, BM = 64: 46596 B    D = 128, BM = 16: 45956 B (the defaults)
 // D <= 64 keeps the warp's K and V A fragments in registers; D = 128 rereads them (registers).
 // ---------------------------------------------------------------------------------------------
 
 // The Q, dO, lse and δ of one backward tile (ROWS query rows) in registers, between a fetch from
 // global memory and the store to shared memory, so that the loads overlap other work. Rows at or
-// past L are zero, with lse = +∞ (base 2) so that P = 0 there; so is a fully masked row (lse = −∞).
+// past L are zero, with lse = +∞ so that P = 0 there; so is a fully masked row (lse = −∞). lse stays
+// in the forward's natural-log units, never converted (see the P of bwd_mma).
 template <int ROWS, int D>
 struct TileFetch {
     static constexpr int CHUNKS = D / 8, PER_THREAD = ROWS * CHUNKS / FA_THREADS;  // 16-byte pieces
     static_assert(ROWS * CHUNKS % FA_THREADS == 0 && ROWS <= FA_THREADS, "tile shape");
     uint4 qv[PER_THREAD], dov[PER_THREAD];
-    float lse2, delta;
+    float lse_use, delta;
 
     template <typename T>
     __device__ __forceinline__ void fetch(const T* q, const T* d_o, const float* lse, const float* delta_in,
@@ -219,7 +220,7 @@ struct TileFetch {
         const int r = threadIdx.x;
         const bool in = r < ROWS && m0 + r < L;
         const float l = in ? lse[row0 + m0 + r] : neg_inf();
-        lse2 = l == neg_inf() ? __int_as_float(0x7f800000) : l * 1.4426950408889634f;
+        lse_use = l == neg_inf() ? __int_as_float(0x7f800000) : l;
         delta = in ? delta_in[row0 + m0 + r] : 0.f;
     }
 
@@ -231,7 +232,7 @@ struct TileFetch {
             *reinterpret_cast<uint4*>(dos + r * (D + 8) + c) = dov[x];
         }
         if (threadIdx.x < ROWS) {
-            lse_s[threadIdx.x] = lse2;
+            lse_s[threadIdx.x] = lse_use;
             delta_s[threadIdx.x] = delta;
         }
     }
@@ -256,7 +257,7 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
     __shared__ __align__(16) unsigned short qs[BM * STRIDE];
     __shared__ __align__(16) unsigned short dos[BM * STRIDE];
     __shared__ __align__(16) unsigned short ds_s[BM * DS_STRIDE];
-    __shared__ float lse_s[BM];    // lse in base 2; +∞ for a fully masked row or a row past L (P = 0)
+    __shared__ float lse_s[BM];    // lse; +∞ for a fully masked row or a row past L (P = 0)
     __shared__ float delta_s[BM];
     __shared__ int any_key;        // whether some key of the block may be attended at all
 
@@ -265,7 +266,6 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
     const int n0 = blockIdx.x * BN;
     const long long kv_off = ((long long)b * Hkv + kvh) * S * D;
     const float log2e = 1.4426950408889634f;
-    const float scale_log2 = scale * log2e;
 
     if (tid == 0) any_key = 0;
     load_tile_16bit<BN, D>(ks, reinterpret_cast<const unsigned short*>(k) + kv_off, n0, S);
@@ -286,7 +286,7 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk_acc[nd][e] = dv_acc[nd][e] = 0.f;
 
-    const unsigned short* kw = ks + (warp * 16) * STRIDE;  // this warp's keys: A fragments of Sᵀ
+    const unsigned short* kw = ks + (warp * 16) * STRIDE;  // this warp's keys: A fragments of K Qᵀ
     const unsigned short* vw = vs + (warp * 16) * STRIDE;  // and of dPᵀ
     const int wm = warp % WM, dq_col0 = (warp / WM) * DQ_COLS;
     // Under the causal mask, query rows before n0 see none of these keys.
@@ -323,8 +323,8 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
         const int m0 = m_begin + (it % m_tiles) * BM;
         __syncthreads();  // Q, dO, lse, δ of this tile stored; ds_s of the previous tile no longer read
 
-        // Phase 1, in chunks of 16 queries: Sᵀ and dPᵀ (16 keys × 16 queries each), Pᵀ and dSᵀ,
-        // then dV += Pᵀ dO and dK += dSᵀ Q over those 16 queries.
+        // Phase 1, in chunks of 16 queries: Aᵀ and dPᵀ (16 keys × 16 queries each), Pᵀ and dAᵀ,
+        // then dV += Pᵀ dO and dK += dAᵀ Q over those 16 queries.
 #pragma unroll 1
         for (int kc = 0; kc < BM / 16; ++kc) {
             float s[2][4], dp[2][4];
@@ -354,14 +354,21 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
                 }
             }
 
-            // Pᵀ (into s), dSᵀ (into dp); element e of s[h2]: key row e / 2, query il.
+            // Pᵀ (into s), dAᵀ (into dp); element e of s[h2]: key row e / 2, query il.
+            // P = exp(a − lse) with a = scale · (q · k) rounded once, exactly as fwd_mma rounds it
+            // (__fmul_rn: not fused into the subtraction), and the subtraction in the units lse is
+            // stored in: at |a| ~ 1e8 (fp32 ulp 8) any other rounding of a or lse is off by several
+            // units of the exponent, and P by factors up to 2^±16 (fp16 dV overflowed to ∞). Then
+            // lse >= every a of its row and P <= 1 as in exact math; the clamp keeps P <= 1 should
+            // the tensor cores round K Qᵀ here and Q Kᵀ in the forward differently (a NaN passes).
 #pragma unroll
             for (int h2 = 0; h2 < 2; ++h2) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int r = e / 2, il = kc * 16 + h2 * 8 + 2 * t + (e % 2);
                     const bool ok = key_ok[r] && (!causal || key[r] <= m0 + il);
-                    const float p = ok ? exp2f(s[h2][e] * scale_log2 - lse_s[il]) : 0.f;
+                    float p = ok ? exp2f((__fmul_rn(s[h2][e], scale) - lse_s[il]) * log2e) : 0.f;
+                    p = p > 1.f ? 1.f : p;
                     s[h2][e] = p;
                     dp[h2][e] = p * (dp[h2][e] - delta_s[il]);
                     ds_s[il * DS_STRIDE + warp * 16 + g + 8 * r] = to_bits16<T>(dp[h2][e]);
@@ -396,7 +403,7 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
         __syncthreads();  // ds_s complete; Q, dO, lse, δ no longer read
         if (it + 1 < n_tiles) fetch(it + 1);
 
-        // Phase 2: dQ rows 16·wm.. (+16), columns dq_col0.. (+DQ_COLS) += scale · dS K.
+        // Phase 2: dQ rows 16·wm.. (+16), columns dq_col0.. (+DQ_COLS) += scale · dA K.
         float dq[DQT][4];
 #pragma unroll
         for (int nd = 0; nd < DQT; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.f;
@@ -431,7 +438,7 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
         if (it + 1 < n_tiles) next.store(qs, dos, lse_s, delta_s);
     }
 
-    // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO for this thread's two keys.
+    // dK = scale · Σ dAᵀ Q, dV = Σ Pᵀ dO for this thread's two keys.
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (key[r] >= S) continue;

@@ -50,8 +50,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
     const unsigned short* kbase = reinterpret_cast<const unsigned short*>(k) + ((long long)b * Hkv + kvh) * S * D;
     const unsigned short* vbase = reinterpret_cast<const unsigned short*>(v) + ((long long)b * Hkv + kvh) * S * D;
     const long long mask_row = (long long)b * S;
-    const float log2e = 1.4426950408889634f;
-    const float scale_log2 = scale * log2e;  // scores kept in base 2: exp(x) = exp2(x · log2 e)
+    const float log2e = 1.4426950408889634f;  // exp(x) = exp2(x · log2 e), on the difference x − m
 
     // Q fragments of this warp's 16 rows stay in registers for the whole pass. ldmatrix.x4 matrices
     // 0..3 = rows 0-7 / 8-15 × cols 0-7, then rows 0-7 / 8-15 × cols 8-15: a0..a3 of the A fragment.
@@ -68,7 +67,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
     __syncthreads();  // the Q tile is no longer read: the K stages may be filled
 
     const int row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
-    float m_run[2] = {neg_inf(), neg_inf()};  // running max of base-2 scores
+    float m_run[2] = {neg_inf(), neg_inf()};  // running max of the scores a = scale · q · k
     float l_run[2] = {0.f, 0.f};
     float acc[DT][4];
 #pragma unroll
@@ -93,7 +92,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
         cp_async_wait<1>();  // this thread's copies of this tile have landed
         __syncthreads();     // ... and everyone's
 
-        // S = Q Kᵀ for 16 rows × BN keys. B[k][n] = K[n][k]: one ldmatrix.x4 of rows nt·8.. and
+        // Q Kᵀ for 16 rows × BN keys. B[k][n] = K[n][k]: one ldmatrix.x4 of rows nt·8.. and
         // 32 columns gives b0, b1 of two consecutive k-steps.
         float s[NT][4];
 #pragma unroll
@@ -112,6 +111,10 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
         // Mask, scale, online softmax (each row lives in the 4 lanes of one quad). The per-key test
         // is skipped (warp-uniformly) where no key of the tile can be masked for this warp's rows:
         // no key mask, the tile inside S, and under causal its last key <= the warp's first row.
+        // The scores a = scale · (q · k) stay in natural-log units, rounded once (__fmul_rn: never
+        // fused into the subtraction below), as the backward recomputes them: it rebuilds
+        // P = exp(a − lse) from the stored lse, and at |a| ~ 1e8 (fp32 ulp 8) a second rounding
+        // (a base-2 copy of the scores or of lse) would put P off by factors up to 2^±16.
         const bool unmasked = key_mask == nullptr && n0 + BN <= S && (!causal || n0 + BN - 1 <= m0 + warp * 16);
         float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
@@ -119,7 +122,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = e / 2, j = n0 + nt * 8 + 2 * t + (e % 2);
-                float x = unmasked || key_allowed(key_mask, mask_row, row[r], j, S, causal) ? s[nt][e] * scale_log2
+                float x = unmasked || key_allowed(key_mask, mask_row, row[r], j, S, causal) ? __fmul_rn(s[nt][e], scale)
                                                                                             : neg_inf();
                 s[nt][e] = x;
                 tile_max[r] = fmaxf(tile_max[r], x);
@@ -132,7 +135,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
             tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
             float m_new = fmaxf(m_run[r], tile_max[r]);
             m_use[r] = (m_new == neg_inf()) ? 0.f : m_new;  // no ∞ − ∞ on a row masked so far
-            alpha[r] = exp2f(m_run[r] - m_use[r]);         // 0 when m_run = −∞
+            alpha[r] = exp2f((m_run[r] - m_use[r]) * log2e);  // 0 when m_run = −∞
             m_run[r] = m_new;
         }
         float tile_sum[2] = {0.f, 0.f};
@@ -141,7 +144,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int r = e / 2;
-                float p = exp2f(s[nt][e] - m_use[r]);  // exactly 0 where masked
+                float p = exp2f((s[nt][e] - m_use[r]) * log2e);  // exactly 0 where masked, 1 at the max
                 s[nt][e] = p;
                 tile_sum[r] += p;
             }
@@ -158,7 +161,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
             acc[nd][2] *= alpha[1]; acc[nd][3] *= alpha[1];
         }
 
-        // acc += P V: the S accumulators of two adjacent n-tiles are exactly one A fragment.
+        // acc += P V: the P accumulators of two adjacent n-tiles are exactly one A fragment.
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
             unsigned a[4];
@@ -180,8 +183,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
         __syncthreads();  // stage tile % STAGES is no longer read: the copy issued next iteration may refill it
     }
 
-    // o = acc / l; a fully masked row has l = 0: o = 0, lse = −∞.
-    const float ln2 = 0.6931471805599453f;
+    // o = acc / l, lse = m + log l (>= m: the backward's P <= 1); a fully masked row has l = 0: o = 0, lse = −∞.
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (row[r] >= L) continue;
@@ -192,7 +194,7 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
             unsigned packed = Mma<T>::pack(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
             *reinterpret_cast<unsigned*>(orow + nd * 8 + 2 * t) = packed;
         }
-        if (t == 0) lse[(long long)bh * L + row[r]] = l_run[r] > 0.f ? (m_run[r] + log2f(l_run[r])) * ln2 : neg_inf();
+        if (t == 0) lse[(long long)bh * L + row[r]] = l_run[r] > 0.f ? m_run[r] + logf(l_run[r]) : neg_inf();
     }
 }
 
@@ -252,7 +254,7 @@ __device__ __forceinline__ void fwd_simt(const T* __restrict__ q, const T* __res
                 float dot = 0.f;
 #pragma unroll 8
                 for (int c = 0; c < D; ++c) dot = fmaf(qs[lr][c], ks[lane][c], dot);
-                s = dot * scale;
+                s = __fmul_rn(dot, scale);  // rounded once, as the backward recomputes it (see fwd_mma)
             }
             float m_new = fmaxf(m_run[r], warp_max(s));
             float m_use = (m_new == neg_inf()) ? 0.f : m_new;
