@@ -99,6 +99,20 @@ def test_zero_keys_or_queries_give_zeros(backend, L, S, mask):
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_zero_keys_with_grouped_kv_heads(backend):
+    """enable_gqa with S = 0: the gradients of the shared kv heads are summed over an empty axis (the
+    reference's reshape of dk, dv to (..., Hkv, group, S, E) failed: -1 is ambiguous with S = 0)."""
+    x = inputs(1, {"q": (2, 4, 3, 4), "k": (2, 2, 0, 4), "v": (2, 2, 0, 4), "do": (2, 4, 3, 4)})
+    with namespace(backend) as rt:
+        q, k, v, do = (rt.asarray(x[n], dtype=DTYPE[backend]) for n in ("q", "k", "v", "do"))
+        sdpa = rt.ScaledDotProductAttention()
+        out = sdpa(q, k, v, enable_gqa=True)
+        out, dq, dk, dv = numpy(rt, (out, *sdpa.backward(do)))
+    assert out.shape == dq.shape == (2, 4, 3, 4) and dk.shape == dv.shape == (2, 2, 0, 4)
+    assert np.all(out == 0) and np.all(dq == 0)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("L", [3, 0])
 @pytest.mark.parametrize("padding", [False, True])
 def test_cross_attention_to_an_empty_memory(backend, L, padding):

@@ -560,6 +560,59 @@ def test_emulator_reports_out_of_bounds_writes(modules):
         kernel((1,), (64,), (x, x, y, np.int64(64), np.int32(64), np.int32(0)))
 
 
+# layer_norm.cu's parameter backward with its tail guard off by one (thread j = D runs): it reads one
+# element past dy and x and atomically adds into dweight[D] and dbias[D], one float32 past their ends.
+TAIL_GUARD, BROKEN_TAIL_GUARD = "if (j >= D) return;", "if (j > D) return;"
+
+
+@pytest.fixture(scope="module")
+def broken_tail_guard():
+    source = (KERNEL_DIR / "layer_norm.cu").read_text()
+    assert source.count(TAIL_GUARD) == 1, "the mutation must hit norm_backward_params' one tail guard"
+    path = emu.CACHE_DIR / "sources" / "layer_norm_broken_tail_guard.cu"  # one cached build, replaced on edits
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mutant = source.replace(TAIL_GUARD, BROKEN_TAIL_GUARD)
+    if not path.exists() or path.read_text() != mutant:
+        path.write_text(mutant)
+    return emu.EmulatedModule(path, [KERNEL_DIR])  # its #include "common.cuh"
+
+
+def launch_norm_backward_params(module, etype, rows=70, D=40):
+    """fused_kernels.norm_backward's launch of norm_backward_params on drawn data: (dweight, dbias)."""
+    rng = np.random.default_rng(5)
+    dy, x = (quantize(rng.standard_normal((rows, D)), etype)[0] for _ in range(2))
+    mean, rstd = np.zeros(rows, np.float32), np.ones(rows, np.float32)
+    dweight, dbias = np.zeros(D, np.float32), np.zeros(D, np.float32)
+    rows_per_block = 64
+    module.get_function(f"norm_backward_params_{fk.SUFFIX[etype]}")(
+        (fk._ceil_div(D, fk.THREADS), fk._ceil_div(rows, rows_per_block)), (fk.THREADS,),
+        (dy, x, mean, rstd, dweight, dbias, np.int32(rows), np.int32(D), np.int32(rows_per_block), np.int32(1)))
+    return dweight, dbias
+
+
+@pytest.mark.parametrize("etype", ETYPES)
+def test_emulator_reports_a_nan_written_out_of_bounds(modules, broken_tail_guard, etype):
+    """The guard zones are a signaling NaN (host.GUARD_PATTERN): a NaN to a reader, which the
+    mutant's out-of-bounds read feeds into its sums, yet not what an atomicAdd writes back (any
+    arithmetic returns it quieted). With guards of 0xFF bytes, the NaN such a read computes, the
+    float32 write went unseen; only the half-precision kernels, which convert the NaN they read, showed it."""
+    launch_norm_backward_params(modules["layer_norm.cu"], etype)  # the kernel as it is: in bounds
+    with pytest.raises(emu.EmulationError, match=r"norm_backward_params_\w+ wrote out of bounds of argument 4 "
+                                                 r"\(float32, 160 bytes\): \d byte\(s\) after it"):
+        launch_norm_backward_params(broken_tail_guard, etype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_emulator_guard_is_a_nan_that_arithmetic_does_not_return(dtype):
+    guard = emu.guard_bytes(dtype, 64)
+    assert np.isnan(guard.view(dtype)).all()  # a NaN to a reader
+    with np.errstate(invalid="ignore"):
+        computed = guard.view(dtype) + dtype(0)  # x + 0: the value itself, but for a signaling NaN quieted
+    assert np.isnan(computed).all()
+    assert (computed.view(np.uint8).reshape(-1, np.dtype(dtype).itemsize)
+            != guard.reshape(-1, np.dtype(dtype).itemsize)).any(axis=1).all()
+
+
 def test_emulator_rejects_a_partial_warp_at_a_full_mask_shuffle(modules):
     kernel = modules["layer_norm.cu"].get_function("norm_forward_f32")
     x, y, s = np.ones((1, 40), np.float32), np.zeros((1, 40), np.float32), np.zeros(1, np.float32)

@@ -18,7 +18,7 @@ class ScaledDotProductAttention(Module):
     (L queries, S keys: the letter S is always the key length.)
 
     Forward:   A = scale · Q Kᵀ (+ float mask)                       (..., L, S)  the scores
-               Ω = allowed entries (bool mask True, causal j <= i, A > −inf)
+               Ω = allowed entries (bool mask True, causal j <= i, A ≠ −inf: a NaN is allowed, so it shows)
                P = softmax over the allowed entries of each row      (a row with none: P = 0)
                P̃ = P ⊙ m / (1 − p)         dropout in training, m ~ Bernoulli(1 − p)
                O = P̃ V
@@ -34,7 +34,10 @@ class ScaledDotProductAttention(Module):
     enable_gqa lets key/value have fewer heads (dim −3) than query: query head h reads kv
     head h // (H / Hkv), and the gradients of a shared kv head are summed.
 
-    A fully masked row (a query allowed to see no key) gives output 0 and gradient 0.
+    A fully masked row (a query allowed to see no key, S = 0 keys included) gives output 0 and
+    gradient 0, whatever its query holds. A NaN in the inputs, a float mask or a score makes the
+    rows that see it NaN (docs/numerics_and_errors.md). Inputs are float32 or float64 (the CuPy
+    backend, deriving this class, also float16 and bfloat16: attention_inputs.compute_dtypes).
     ``attention_weights`` holds P of the last forward (before dropout). The argument rules
     (shapes, dtypes, scale) are in attention_inputs.py, shared by every backend.
     """
@@ -98,8 +101,9 @@ class ScaledDotProductAttention(Module):
         dk = (xp.swapaxes(d_scores, -1, -2) @ q) * scale  # (..., H, S, E)  ← from A = scale · Q Kᵀ
 
         if group > 1:  # ← from the repeat of kv heads: sum over the query heads sharing one
-            dk = dk.reshape(saved["key_shape"][:-3] + (-1, group) + dk.shape[-2:]).sum(axis=-3)  # (..., Hkv, S, E)
-            dv = dv.reshape(saved["value_shape"][:-3] + (-1, group) + dv.shape[-2:]).sum(axis=-3)  # (..., Hkv, S, Ev)
+            key_shape, value_shape = saved["key_shape"], saved["value_shape"]  # (Hkv spelled out: S may be 0)
+            dk = dk.reshape(key_shape[:-2] + (group,) + dk.shape[-2:]).sum(axis=-3)  # (..., Hkv, S, E)
+            dv = dv.reshape(value_shape[:-2] + (group,) + dv.shape[-2:]).sum(axis=-3)  # (..., Hkv, S, Ev)
         return dq, dk, dv
 
     def manual_seed(self, seed) -> None:

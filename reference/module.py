@@ -6,6 +6,11 @@ A module's ``forward`` computes its output and saves what ``backward`` needs;
 
     y = m(x)                 # forward, saves x (and whatever else the backward needs)
     dx = m.backward(dy)      # dy = dL/dy  ->  dx = dL/dx, and p.grad += dL/dp for every p
+
+``backward`` runs once per forward, on every backend: before a forward, or a second time after
+one, it raises ValueError (the exception type of both protocol-order errors; torch's backend
+raised ValueError for a second call already, and SPEC files backward-before-forward under bad
+input). A hand-written second backward would add every parameter's gradient again.
 """
 
 from __future__ import annotations

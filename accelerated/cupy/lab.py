@@ -48,7 +48,7 @@ from . import flash_attention_kernels as fa
 VARIANTS = ("fwd", "bwd")
 #: the error allowed per element type, as a fraction of the largest expected value (at least 1); the
 #: same numbers as parity_tests/tolerances.py KERNEL_TOL (a test keeps them equal; accelerated never
-#: imports the tests): fp32 sums; outputs, and P and dS before their products, rounded to fp16 / bf16
+#: imports the tests): fp32 sums; outputs, and P and dA before their products, rounded to fp16 / bf16
 DEFAULT_TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
 #: lse is float32 whatever the element type: the scores' rounding is what remains (KERNEL_LSE_TOL)
 DEFAULT_LSE_TOL = {"float32": 1e-5, "float16": 1e-4, "bfloat16": 1e-4}
@@ -150,15 +150,15 @@ def lse_error(got, want) -> float:
 # ------------------------------------------------------------------------------------------------
 
 def plain_forward(q, k, v, keep, causal, scale, xp):
-    """(out, P) with every (L, S) score in memory; rows that may attend to nothing give 0."""
+    """(out, P) with every (L, S) score A = scale · Q Kᵀ in memory; rows that may attend to nothing give 0."""
     group = q.shape[1] // k.shape[1]
     kk, vv = xp.repeat(k, group, axis=1), xp.repeat(v, group, axis=1)
-    s = (q @ xp.swapaxes(kk, -1, -2)) * q.dtype.type(scale)
+    a = (q @ xp.swapaxes(kk, -1, -2)) * q.dtype.type(scale)
     allowed = _allowed(keep, causal, q.shape[2], k.shape[2], xp)
     if allowed is not None:
-        s = xp.where(allowed, s, q.dtype.type(-np.inf))
-    m = s.max(axis=-1, keepdims=True)
-    p = xp.exp(s - xp.where(xp.isfinite(m), m, 0))
+        a = xp.where(allowed, a, q.dtype.type(-np.inf))
+    m = a.max(axis=-1, keepdims=True)
+    p = xp.exp(a - xp.where(xp.isfinite(m), m, 0))
     l = p.sum(axis=-1, keepdims=True)
     p = p / xp.where(l > 0, l, 1)
     return p @ vv, p
@@ -172,23 +172,23 @@ def plain_backward(q, k, v, out, p, d_out, scale, xp):
     kk, vv = xp.repeat(k, group, axis=1), xp.repeat(v, group, axis=1)
     dv = (xp.swapaxes(p, -1, -2) @ d_out).reshape(B, Hkv, group, S, -1).sum(axis=2)
     dp = d_out @ xp.swapaxes(vv, -1, -2)
-    ds = p * (dp - (d_out * out).sum(axis=-1, keepdims=True))
-    dq = (ds @ kk) * q.dtype.type(scale)
-    dk = ((xp.swapaxes(ds, -1, -2) @ q) * q.dtype.type(scale)).reshape(B, Hkv, group, S, -1).sum(axis=2)
+    da = p * (dp - (d_out * out).sum(axis=-1, keepdims=True))
+    dq = (da @ kk) * q.dtype.type(scale)
+    dk = ((xp.swapaxes(da, -1, -2) @ q) * q.dtype.type(scale)).reshape(B, Hkv, group, S, -1).sum(axis=2)
     return dq, dk, dv
 
 
 def plain_lse(q, k, keep, causal, scale) -> np.ndarray:
     """log Σ_j exp(scale · q_i · k_j) over the allowed keys, in float64 NumPy; −inf for a row with none."""
     group = q.shape[1] // k.shape[1]
-    s = scale * q @ np.swapaxes(np.repeat(k, group, axis=1), -1, -2)
+    a = scale * q @ np.swapaxes(np.repeat(k, group, axis=1), -1, -2)
     allowed = _allowed(keep, causal, q.shape[2], k.shape[2], np)
     if allowed is not None:
-        s = np.where(allowed, s, -np.inf)
-    m = s.max(axis=-1, keepdims=True)
+        a = np.where(allowed, a, -np.inf)
+    m = a.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(divide="ignore"):
-        return (m + np.log(np.exp(s - m).sum(axis=-1, keepdims=True)))[..., 0]
+        return (m + np.log(np.exp(a - m).sum(axis=-1, keepdims=True)))[..., 0]
 
 
 def _allowed(keep, causal, L, S, xp):

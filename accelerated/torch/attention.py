@@ -164,7 +164,7 @@ def _nan_rows(query, key, is_causal: bool, group: int):
             key_nan = key_nan.repeat_interleave(group, dim=-2)  # (..., H, S)
         L, S = query.shape[-2], key.shape[-2]
         if is_causal:  # row i sees keys 0..min(i, S − 1): all NaN iff the first min(i, S − 1) + 1 are
-            prefix = torch.cumprod(key_nan.to(torch.uint8), dim=-1).bool()  # (..., H, S)
+            prefix = torch.cumprod(key_nan.to(torch.int32), dim=-1).bool()  # (..., H, S)
             last = torch.arange(L, device=query.device).clamp(max=S - 1)  # (L,)
             rows = rows | prefix[..., last].unsqueeze(-1)  # (..., H, L, 1)
         else:

@@ -95,7 +95,8 @@ class DistributedContext:
         DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts
         equal. Train with the wrapper's forward and ``backward(loss, count)`` (autograd):
         the all-reduce runs in autograd's hooks, which Rosetta's ``module.backward(dy)``
-        (torch.autograd.grad underneath) does not fire. Keep the unwrapped model for
+        (torch.autograd.grad underneath) does not fire, so it raises after a forward through the
+        wrapper (accelerated/torch/module.py). Keep the unwrapped model for
         evaluation, decoding and checkpoints (its state-dict keys have no "module." prefix).
         """
         model = model.to(self.device)

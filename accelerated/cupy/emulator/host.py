@@ -11,8 +11,13 @@ kernel file into a cached shared library and launches its kernels with a cupy-li
 Arguments: C-contiguous NumPy arrays (passed as pointers) or NumPy scalars (np.int32 -> int,
 np.int64 -> long long, np.float32 -> float, np.uint64 -> an address, 0 being the null pointer).
 Each argument is checked against the kernel's C parameter type. Arrays are copied into 256-byte
-aligned buffers between two guard zones of 0xFF bytes (a NaN to a reader), copied back after the
-launch, and a guard zone that changed is reported as an out-of-bounds write.
+aligned buffers between two guard zones, copied back after the launch, and a guard zone that changed
+is reported as an out-of-bounds write. The guard zones hold GUARD_PATTERN of the array's element
+size, a signaling NaN with a payload for the float types: a NaN to a reader (an out-of-bounds read
+turns what it feeds into NaN), and a value no arithmetic writes back, since every arithmetic
+operation on a signaling NaN returns it quieted, other bits. (0xFF bytes, the NaN an out-of-bounds
+read then computes from, would not show a NaN written over them: an atomicAdd past the end of an
+fp32 array read unchanged.)
 """
 
 from __future__ import annotations
@@ -35,7 +40,12 @@ HEADER = Path(__file__).with_name("host_runtime.h")
 FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-DROSETTA_HOST_EMULATION")
 CACHE_DIR = Path(tempfile.gettempdir()) / "rosetta_cuda_emulation"
 SCHEDULES = {"lowest_first": 0, "highest_first": 1, "random": 2}
-GUARD = 256  # bytes of 0xFF before and after every array argument
+GUARD = 256  # guard bytes before and after every array argument
+#: the guard element by element size: float32 and float64 signaling NaNs (quiet bit clear, payload
+#: 0xA5…), for 2-byte elements a float16 signaling NaN (a bfloat16 signaling NaN for uint16 storage
+#: and bfloat16, whose quiet bit is another), for bytes 0xA5: none is what a kernel computes
+GUARD_PATTERN = {8: np.uint64(0x7FF4A5A5A5A5A5A5), 4: np.uint32(0x7FA5A5A5), 2: np.uint16(0x7D5A),
+                 "bfloat16": np.uint16(0x7FA5), 1: np.uint8(0xA5)}
 #: kernel pointer parameter types each array dtype may be passed as (bfloat16 lives in uint16, or is
 #: ml_dtypes' bfloat16, the dtype CuPy gives bfloat16 arrays)
 POINTEE = {
@@ -226,23 +236,36 @@ class EmulatedFunction:
         return SCALARS[param](value.item())
 
 
+def guard_bytes(dtype, size: int, offset: int = 0) -> np.ndarray:
+    """`size` bytes of dtype's GUARD_PATTERN, laid out as elements that start `offset` bytes in."""
+    dtype = np.dtype(dtype)
+    key = "bfloat16" if dtype.name in ("bfloat16", "uint16") else dtype.itemsize
+    pattern = np.atleast_1d(GUARD_PATTERN.get(key, GUARD_PATTERN[1])).view(np.uint8)
+    return pattern[(np.arange(size) - offset) % pattern.size]
+
+
 class _Staged:
-    """An array argument in a 256-byte aligned copy between guard zones of 0xFF bytes."""
+    """An array argument in a 256-byte aligned copy between guard zones (guard_bytes of its dtype,
+    element-aligned with the array: an element written past either end lands on one guard element)."""
 
     def __init__(self, array: np.ndarray, index: int):
         self.array, self.index, self.nbytes = array, index, array.nbytes
-        self.raw = np.full(self.nbytes + 2 * GUARD + 256, 0xFF, dtype=np.uint8)
+        self.raw = np.empty(self.nbytes + 2 * GUARD + 256, dtype=np.uint8)
         base = self.raw.__array_interface__["data"][0]
         self.start = (-(base + GUARD)) % 256 + GUARD  # data at a 256-byte boundary, like cudaMalloc
-        self.raw[self.start:self.start + self.nbytes] = array.reshape(-1).view(np.uint8)
+        self.end = self.start + self.nbytes
+        self.guards = (guard_bytes(array.dtype, self.start, self.start),
+                       guard_bytes(array.dtype, self.raw.size - self.end))  # nbytes: whole elements
+        self.raw[:self.start], self.raw[self.end:] = self.guards
+        self.raw[self.start:self.end] = array.reshape(-1).view(np.uint8)
         self.address = base + self.start
 
     def finish(self, kernel: str):
-        before, after = self.raw[:self.start], self.raw[self.start + self.nbytes:]
         if self.array.flags.writeable:
-            self.array.reshape(-1).view(np.uint8)[:] = self.raw[self.start:self.start + self.nbytes]
-        for zone, side in ((before, "before"), (after, "after")):
-            changed = np.flatnonzero(zone != 0xFF)
+            self.array.reshape(-1).view(np.uint8)[:] = self.raw[self.start:self.end]
+        for zone, guard, side in ((self.raw[:self.start], self.guards[0], "before"),
+                                  (self.raw[self.end:], self.guards[1], "after")):
+            changed = np.flatnonzero(zone != guard)
             if changed.size:
                 first = changed[-1] - zone.size if side == "before" else changed[0]
                 raise EmulationError(f"{kernel} wrote out of bounds of argument {self.index} "

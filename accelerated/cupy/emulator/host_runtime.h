@@ -268,9 +268,9 @@ inline float to_float(unsigned short bits, __nv_bfloat16*) { return __uint_as_fl
 // The fragment layout is transcribed from the PTX ISA, section "Matrix Fragments for mma.m16n8k16
 // with floating point type"
 // (https://docs.nvidia.com/cuda/parallel-thread-execution/#warp-level-matrix-fragment-mma-16816-float),
-// independently of the comment in flash_attention.cu, so that the emulator checks the kernel's layout. With groupID = laneid >> 2 and
-// threadID_in_group = laneid % 4, each .f16x2 register holds two elements, lower index in the
-// low half:
+// independently of the comment in kernels/mma.cuh, so that the emulator checks the kernels' layout.
+// With groupID = laneid >> 2 and threadID_in_group = laneid % 4, each .f16x2 register holds two
+// elements, lower index in the low half:
 //   A, elements a0..a7 (registers a[0..3]):
 //     row = groupID for ai with 0 <= i < 2 or 4 <= i < 6, groupID + 8 otherwise
 //     col = threadID_in_group * 2 + (i & 1), plus 8 for i >= 4

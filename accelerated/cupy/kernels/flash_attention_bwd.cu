@@ -357,10 +357,10 @@ __device__ __forceinline__ void bwd_mma(const T* __restrict__ q, const T* __rest
             // Pᵀ (into s), dAᵀ (into dp); element e of s[h2]: key row e / 2, query il.
             // P = exp(a − lse) with a = scale · (q · k) rounded once, exactly as fwd_mma rounds it
             // (__fmul_rn: not fused into the subtraction), and the subtraction in the units lse is
-            // stored in: at |a| ~ 1e8 (fp32 ulp 8) any other rounding of a or lse is off by several
-            // units of the exponent, and P by factors up to 2^±16 (fp16 dV overflowed to ∞). Then
+            // stored in: at |a| ~ 4e8 (fp32 ulp 32) any other rounding of a or lse is off by several
+            // units of the exponent, and P by factors up to 2^±32 (fp16 dV overflowed to ∞). Then
             // lse >= every a of its row and P <= 1 as in exact math; the clamp keeps P <= 1 should
-            // the tensor cores round K Qᵀ here and Q Kᵀ in the forward differently (a NaN passes).
+            // the tensor cores round K Qᵀ here and Q Kᵀ in the forward differently (a NaN stays NaN).
 #pragma unroll
             for (int h2 = 0; h2 < 2; ++h2) {
 #pragma unroll

@@ -113,8 +113,8 @@ __device__ __forceinline__ void fwd_mma(const T* __restrict__ q, const T* __rest
         // no key mask, the tile inside S, and under causal its last key <= the warp's first row.
         // The scores a = scale · (q · k) stay in natural-log units, rounded once (__fmul_rn: never
         // fused into the subtraction below), as the backward recomputes them: it rebuilds
-        // P = exp(a − lse) from the stored lse, and at |a| ~ 1e8 (fp32 ulp 8) a second rounding
-        // (a base-2 copy of the scores or of lse) would put P off by factors up to 2^±16.
+        // P = exp(a − lse) from the stored lse, and at |a| ~ 4e8 (fp32 ulp 32) a second rounding
+        // (a base-2 copy of the scores or of lse) would put P off by factors up to 2^±32.
         const bool unmasked = key_mask == nullptr && n0 + BN <= S && (!causal || n0 + BN - 1 <= m0 + warp * 16);
         float tile_max[2] = {neg_inf(), neg_inf()};
 #pragma unroll
