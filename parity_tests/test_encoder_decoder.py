@@ -120,7 +120,7 @@ def test_same_seed_same_model():
 
 def test_bad_input():
     enc = Encoder(8, 2, 16, num_layers=1, vocab_size=5, max_len=4, seed=0)
-    with pytest.raises(ValueError, match=r"ids must lie in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"src must lie in \[0, 5\)"):
         enc(np.array([[1, 5]]))
     with pytest.raises(ValueError, match="max_len"):
         enc(np.array([[1, 2, 3, 4, 0]]))

@@ -785,7 +785,7 @@ BAD_INPUT = [
     ("EncoderLayer norm", "norm", lambda ns, a: ns.EncoderLayer(4, 2, 8, norm="batchnorm")),
     ("EncoderLayer src rank", "src", lambda ns, a: ns.EncoderLayer(4, 2, 8)(a(np.ones((2, 4), np.float32)))),
     ("Encoder ids without vocab", "src", lambda ns, a: ns.Encoder(4, 2, 8, 1)(a(np.array([[1, 2]])))),
-    ("Encoder id out of range", "ids", lambda ns, a: ns.Encoder(4, 2, 8, 1, vocab_size=3)(a(np.array([[1, 3]])))),
+    ("Encoder id out of range", "src", lambda ns, a: ns.Encoder(4, 2, 8, 1, vocab_size=3)(a(np.array([[1, 3]])))),
     ("Encoder positional", "positional", lambda ns, a: ns.Encoder(4, 2, 8, 1, positional="rotary")),
     ("Encoder num_layers", "num_layers", lambda ns, a: ns.Encoder(4, 2, 8, 0)),
     ("Encoder too long", "x", lambda ns, a: ns.Encoder(4, 2, 8, 1, max_len=2)(a(np.ones((1, 3, 4), np.float32)))),

@@ -153,6 +153,21 @@ KERNEL_LAYER_TOL = {
 # about one seed in 1.7 million (the tests' seeds pass at ≤ 2σ); a wrong scale is off by far more.
 SAMPLE_SIGMAS = 5
 
+# ---- Hugging Face checkpoints against transformers (parity_tests/test_hf_decoder.py, test_hf_encoders.py)
+# (HF_LOGITS_TOL also bounds BERT's hidden states and MLM logits and Marian's logits: observed ≤ 1.5e-15,
+# gradients ≤ 6e-14; Marian's sinusoids, which transformers rounds to float32, recomputed in float64.)
+# The same float64 weights through two implementations of one model (transformers' with its
+# float32 RMSNorm and RoPE tables computed in float64, see the test's float64_oracle): a few
+# layers of products, softmax and norms, each a few roundings of u ≈ 1.1e-16 amplified by the
+# condition of softmax/normalization; observed ≈ 1e-15 of the largest logit. A wrong weight
+# mapping, transposition, mask or RoPE layout errs by O(1).
+HF_LOGITS_TOL = 1e-10
+# Every parameter's gradient of a mean cross-entropy, hand-written backward (or torch's autograd
+# of rosetta's model) against transformers' autograd in float64: the backward chains about twice
+# the forward's roundings and some entries are cancellations of terms ≈ the gradient's scale;
+# observed ≈ 1e-14 of each gradient's largest entry, the issue's bound is 1e-8.
+HF_GRADIENT_TOL = 1e-8
+
 
 def relative_error(actual, expected, floor: float = ERROR_FLOOR) -> float:
     actual = np.asarray(actual, dtype=np.float64)

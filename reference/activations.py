@@ -10,7 +10,7 @@ import math
 from abc import ABC, abstractmethod
 
 from .arrays import array_namespace, erf
-from .checks import check_array, check_choice
+from .checks import check_choice, check_floating
 from .module import Module
 
 
@@ -26,7 +26,7 @@ class Elementwise(Module, ABC):
         """φ'(x), defined by each subclass."""
 
     def forward(self, x):
-        check_array("x", x, kind="f", xp=self.xp)
+        check_floating("x", x, xp=self.xp)  # float32/float64 (the CuPy backend: also float16/bfloat16)
         self.save_for_backward(x=x)
         return self.function(x)  # (...,) same shape as x
 

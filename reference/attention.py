@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace
-from .attention_inputs import array_check, check_compute_dtype, check_sdpa_arguments
-from .checks import check_probability
+from .attention_inputs import array_check, check_sdpa_arguments
+from .checks import check_compute_dtype, check_probability
 from .masks import allowed_causal
 from .module import Module
 
@@ -37,7 +37,7 @@ class ScaledDotProductAttention(Module):
     A fully masked row (a query allowed to see no key, S = 0 keys included) gives output 0 and
     gradient 0, whatever its query holds. A NaN in the inputs, a float mask or a score makes the
     rows that see it NaN (docs/numerics_and_errors.md). Inputs are float32 or float64 (the CuPy
-    backend, deriving this class, also float16 and bfloat16: attention_inputs.compute_dtypes).
+    backend, deriving this class, also float16 and bfloat16: checks.compute_dtypes).
     ``attention_weights`` holds P of the last forward (before dropout). The argument rules
     (shapes, dtypes, scale) are in attention_inputs.py, shared by every backend.
     """

@@ -5,6 +5,7 @@ they accept lives here, so that the reference, the torch backend and the CuPy ba
 same exception for the same input:
 
     check_attention_config   MultiHeadAttention's constructor arguments
+    check_layer_masks        the masks a layer passes on to one of its attentions, under the layer's names
     check_latent_config      LatentAttention's constructor arguments
     prepare_attention        MultiHeadAttention.forward's arguments: which inputs are one array,
                              the sizes, the masks merged into one (masks.merge_masks), the cache
@@ -25,18 +26,21 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .checks import (
+from .checks import (  # noqa: F401  (check_compute_dtype, compute_dtypes: their old home was here)
     check_array,
+    check_compute_dtype,
     check_divisible,
+    check_eps,
     check_flag,
     check_positive_int,
     check_probability,
     check_size,
+    compute_dtypes,
     describe,
     dtype_kind,
 )
 from .kv_cache import check_cache
-from .masks import merge_masks
+from .masks import check_mha_masks, merge_masks
 
 
 class ArrayOps(NamedTuple):
@@ -67,33 +71,6 @@ class ArrayOps(NamedTuple):
                    where=xp.where, arange=xp.arange)
 
 
-#: the floating dtypes the reference computes in (SPEC: float64 and float32, anything else is refused)
-REFERENCE_DTYPES = ("float32", "float64")
-#: what a backend deriving the reference's classes with another array module (the CuPy backend,
-#: xp = cupy) computes in besides: the half dtypes of its fused kernels
-HALF_DTYPES = ("float16", "bfloat16")
-
-
-def compute_dtypes(xp) -> tuple:
-    """The floating dtypes a layer whose arrays belong to ``xp`` computes in.
-
-    The reference (xp = numpy) computes in float32 and float64 only: float16 would overflow and
-    lose the softmax's sums (logits of ~1e3 give NaN). The CuPy backend derives its classes from
-    the reference with xp = cupy (backend.py), and there the same code also runs float16 and
-    bfloat16 (its reductions accumulate in float32): this is where it relaxes the rule.
-    """
-    return REFERENCE_DTYPES if xp is np else REFERENCE_DTYPES + HALF_DTYPES
-
-
-def check_compute_dtype(name: str, x, xp):
-    """TypeError unless x (a floating array) has a dtype this backend computes in (compute_dtypes)."""
-    allowed = compute_dtypes(xp)
-    if str(x.dtype) not in allowed:
-        whose = "the reference's dtypes" if xp is np else f"the dtypes {xp.__name__} arrays compute in here"
-        raise TypeError(f"{name} must have dtype {' or '.join(allowed)} ({whose}), got {x.dtype}")
-    return x
-
-
 def array_check(xp) -> Callable:
     """check(name, x, ndim=, dtype=, kind=) for arrays of the module ``xp`` (reference.checks.check_array)."""
     return functools.partial(check_array, xp=xp)
@@ -102,12 +79,15 @@ def array_check(xp) -> Callable:
 # ---- MultiHeadAttention and LatentAttention ------------------------------------------------
 
 
-def check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size, bias, rotary) -> tuple:
+def check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size, bias, rotary,
+                           max_len=4096, rope_base=10000.0) -> tuple:
     """MultiHeadAttention's constructor arguments, checked (every backend's MultiHeadAttention calls this).
 
     d_model must split evenly into num_heads heads, and num_heads into num_kv_heads groups
     (None: as many kv heads as heads); dropout is a probability in [0, 1); window and
-    block_size are None or positive ints; bias and rotary are bools.
+    block_size are None or positive ints; bias and rotary are bools. max_len (a positive int)
+    and rope_base (a finite float > 0) are checked with rotary=False too: a value an argument
+    can never take is refused whether or not the argument is used.
     Returns (d_model, num_heads, num_kv_heads, head_dim, dropout, window, block_size).
     """
     sizes = (check_positive_int("d_model", d_model), check_positive_int("num_heads", num_heads))
@@ -120,7 +100,23 @@ def check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, bl
     block_size = None if block_size is None else check_positive_int("block_size", block_size)
     check_flag("bias", bias)
     check_flag("rotary", rotary)
+    check_positive_int("max_len", max_len)
+    check_eps("rope_base", rope_base)  # ≤ 0, NaN or inf would fill the rotary tables with NaN
     return (*sizes, num_kv_heads, head_dim, dropout, window, block_size)
+
+
+def check_layer_masks(attention, x, memory, attn_mask, key_padding_mask, names: tuple, cache, check) -> None:
+    """The masks a layer passes on to one of its attentions, checked under the layer's own argument names.
+
+    EncoderLayer's src_mask reaches its self-attention as attn_mask: checked here first, a wrong
+    one is refused as "src_mask" (the caller's name), not as "attn_mask". attention: the
+    MultiHeadAttention; x (B, L, d) its query input; memory (B, S, d) its keys for cross-attention,
+    None for self-attention (S = L, plus the positions ``cache`` holds for it); names: the layer's
+    names of (attn_mask, key_padding_mask); check: the backend's array check (ArrayOps.check).
+    """
+    B, L = x.shape[0], x.shape[1]
+    S = memory.shape[1] if memory is not None else L + (0 if cache is None else cache.seen(attention))
+    check_mha_masks(attn_mask, key_padding_mask, (B, attention.num_heads, L, S), check, names)
 
 
 def check_latent_config(d_model, num_heads, num_latents, dropout) -> tuple:

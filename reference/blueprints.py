@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from .checks import (
     check_choice,
+    check_eps,
     check_encoder_model_sizes,
     check_flag,
     check_language_model_sizes,
@@ -42,6 +43,8 @@ ACTIVATIONS = {"relu": ("ReLU", ()), "gelu": ("GELU", ()), "gelu_tanh": ("GELU",
 GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}
 NORMS = {"layernorm", "rmsnorm"}
 POSITIONALS = {"sinusoidal", "learned", None}
+#: EncoderModel's heads: Linear d → V; BERT's dense + φ + LayerNorm, then Linear d → V; none (hidden states)
+ENCODER_HEADS = {"linear", "transform", None}
 #: token tables of the encoder-only and decoder-only models start as N(0, 0.02²), as BERT, GPT-2 and Llama's
 EMBEDDING_STD = 0.02
 
@@ -101,21 +104,24 @@ class EncoderLayerBlueprint:
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1, activation: str = "relu",
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, bias: bool = True, num_kv_heads=None,
-                 norm: str = "layernorm", rotary: bool = False, window=None, block_size=None, *, seed=None,
-                 dtype=None):
+                 norm: str = "layernorm", rotary: bool = False, window=None, block_size=None,
+                 rope_base: float = 10000.0, qkv_bias=None, *, seed=None, dtype=None):
         super().__init__()
         nn = self.catalogue
         self.d_model = check_positive_int("d_model", d_model)
         self.norm_first = check_flag("norm_first", norm_first)
         check_flag("bias", bias)
         check_flag("rotary", rotary)
+        check_eps("layer_norm_eps", layer_norm_eps)  # by its own name (the norms would call it eps)
+        dtype = self._set_dtype(dtype)  # forward checks src (tgt, memory) against it
         self.self_attn = nn.MultiHeadAttention(
-            d_model, num_heads, dropout, bias, num_kv_heads, rotary, window=window, block_size=block_size,
-            seed=child_seed(seed, "self_attn"), dtype=dtype,
+            d_model, num_heads, dropout, bias, num_kv_heads, rotary, rope_base=rope_base, window=window,
+            block_size=block_size, qkv_bias=qkv_bias, seed=child_seed(seed, "self_attn"), dtype=dtype,
         )
         if self._cross_attention:  # over the encoder's memory: no positions, no window
             self.cross_attn = nn.MultiHeadAttention(
-                d_model, num_heads, dropout, bias, num_kv_heads, seed=child_seed(seed, "cross_attn"), dtype=dtype
+                d_model, num_heads, dropout, bias, num_kv_heads, qkv_bias=qkv_bias, seed=child_seed(seed, "cross_attn"),
+                dtype=dtype,
             )
         self.feed_forward = nn.FeedForward(
             d_model, d_ff, dropout, activation, bias, seed=child_seed(seed, "feed_forward"), dtype=dtype
@@ -143,14 +149,15 @@ class EncoderBlueprint:
                  activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5, bias: bool = True,
                  num_kv_heads=None, norm: str = "layernorm", rotary: bool = False, window=None, block_size=None,
                  final_norm: bool = False, vocab_size=None, max_len: int = 5000, positional="sinusoidal",
-                 scale_embedding: bool = True, padding_idx=None, *, seed=None, dtype=None):
+                 scale_embedding: bool = True, padding_idx=None, rope_base: float = 10000.0, qkv_bias=None,
+                 positional_layout: str = "interleaved", *, seed=None, dtype=None):
         super().__init__()
         config = StackConfig(
             d_model=d_model, num_heads=num_heads, d_ff=d_ff, dropout=dropout, activation=activation,
             norm_first=norm_first, layer_norm_eps=layer_norm_eps, bias=bias, num_kv_heads=num_kv_heads, norm=norm,
             rotary=rotary, window=window, block_size=block_size, num_layers=num_layers, final_norm=final_norm,
             vocab_size=vocab_size, max_len=max_len, positional=positional, scale_embedding=scale_embedding,
-            padding_idx=padding_idx,
+            padding_idx=padding_idx, rope_base=rope_base, qkv_bias=qkv_bias, positional_layout=positional_layout,
         )
         build_stack(self, getattr(self.catalogue, self._layer_name), config, seed=seed, dtype=dtype)
 
@@ -172,6 +179,7 @@ def build_stack(stack, layer_class, config: StackConfig, *, seed, dtype) -> None
     check_positive_int("num_layers", config.num_layers)
     for flag in ("norm_first", "bias", "rotary", "final_norm", "scale_embedding"):  # before any layer is built
         check_flag(flag, getattr(config, flag))
+    check_eps("layer_norm_eps", config.layer_norm_eps)
     stack.d_model = check_positive_int("d_model", config.d_model)
     dtype = stack._set_dtype(dtype)
     check_choice("positional", config.positional, POSITIONALS)
@@ -181,7 +189,7 @@ def build_stack(stack, layer_class, config: StackConfig, *, seed, dtype) -> None
                                        seed=child_seed(seed, "embedding"), dtype=dtype)
     stack.positional = None
     if config.positional == "sinusoidal":
-        stack.positional = nn.SinusoidalPositionalEncoding(config.d_model, config.max_len)
+        stack.positional = nn.SinusoidalPositionalEncoding(config.d_model, config.max_len, config.positional_layout)
     elif config.positional == "learned":
         stack.positional = nn.LearnedPositionalEmbedding(config.d_model, config.max_len,
                                                          seed=child_seed(seed, "positional"), dtype=dtype)
@@ -206,12 +214,16 @@ class TransformerBlueprint:
     both stacks, as torch.nn.Transformer; sinusoidal positions, embeddings scaled by √d. Token
     tables start as N(0, 1/d). Tied (tie_embeddings=True): decoder.embedding.weight and
     generator.weight are encoder.embedding.weight (one Parameter, listed once); generator.bias stays.
+    Marian (rosetta/hf/marian.py) sets final_norm=False (no norm after either stack),
+    scale_embedding (whether ids are looked up as E[ids]·√d) and positional_layout="split"
+    (the sines in the first half of the features, the cosines in the second).
     """
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, num_heads: int = 8,
                  d_ff: int = 2048, num_encoder_layers: int = 6, num_decoder_layers: int = 6, dropout: float = 0.1,
                  activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5, bias: bool = True,
-                 max_len: int = 5000, tie_embeddings: bool = False, padding_idx=None, *, seed=None, dtype=None):
+                 max_len: int = 5000, tie_embeddings: bool = False, padding_idx=None, final_norm: bool = True,
+                 scale_embedding: bool = True, positional_layout: str = "interleaved", *, seed=None, dtype=None):
         super().__init__()
         nn = self.catalogue
         (self.src_vocab_size, self.tgt_vocab_size, self.d_model, self.max_len,
@@ -219,10 +231,12 @@ class TransformerBlueprint:
                                                         tie_embeddings)
         check_flag("norm_first", norm_first)
         check_flag("bias", bias)
+        check_eps("layer_norm_eps", layer_norm_eps)
         dtype = self._set_dtype(dtype)
         stack = dict(dropout=dropout, activation=activation, norm_first=norm_first, layer_norm_eps=layer_norm_eps,
-                     bias=bias, final_norm=True, max_len=max_len, positional="sinusoidal", scale_embedding=True,
-                     padding_idx=padding_idx, dtype=dtype)
+                     bias=bias, final_norm=final_norm, max_len=max_len, positional="sinusoidal",
+                     scale_embedding=scale_embedding, padding_idx=padding_idx, positional_layout=positional_layout,
+                     dtype=dtype)
         encoder_seed, decoder_seed = child_seed(seed, "encoder"), child_seed(seed, "decoder")
         self.encoder = nn.Encoder(d_model, num_heads, d_ff, num_encoder_layers, vocab_size=src_vocab_size,
                                   seed=encoder_seed, **stack)
@@ -252,24 +266,29 @@ class DecoderLMBlueprint:
     Submodules: decoder (an Encoder with the vocabulary and a final norm, run causally; no
     embedding scale), lm_head (Linear d → V, no bias). Token tables start as N(0, 0.02²). Tied
     (tie_embeddings=True, GPT-2): lm_head.weight is decoder.embedding.weight, listed once under that name.
+    rope_base (Llama's rope_theta) and window (Mistral's sliding_window) go to every self-attention;
+    qkv_bias (None: as bias) gives the q/k/v projections biases apart from the rest (Qwen2: True).
     """
 
     def __init__(self, vocab_size: int, d_model: int, num_heads: int, d_ff: int, num_layers: int,
                  dropout: float = 0.0, activation: str = "gelu", norm_first: bool = True, layer_norm_eps: float = 1e-5,
                  bias: bool = True, num_kv_heads=None, norm: str = "layernorm", rotary: bool = False,
-                 positional="learned", max_len: int = 1024, tie_embeddings: bool = True, *, seed=None, dtype=None):
+                 positional="learned", max_len: int = 1024, tie_embeddings: bool = True, rope_base: float = 10000.0,
+                 window=None, qkv_bias=None, *, seed=None, dtype=None):
         super().__init__()
         nn = self.catalogue
         (self.vocab_size, self.d_model, self.max_len,
          self.tie_embeddings) = check_language_model_sizes(vocab_size, d_model, max_len, tie_embeddings)
         for flag, value in (("norm_first", norm_first), ("bias", bias), ("rotary", rotary)):
             check_flag(flag, value)
+        check_eps("layer_norm_eps", layer_norm_eps)
         dtype = self._set_dtype(dtype)
         decoder_seed = child_seed(seed, "decoder")
         self.decoder = nn.Encoder(
             d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first, layer_norm_eps, bias,
-            num_kv_heads, norm, rotary, final_norm=True, vocab_size=vocab_size, max_len=max_len,
-            positional=positional, scale_embedding=False, seed=decoder_seed, dtype=dtype,
+            num_kv_heads, norm, rotary, window=window, final_norm=True, vocab_size=vocab_size, max_len=max_len,
+            positional=positional, scale_embedding=False, rope_base=rope_base, qkv_bias=qkv_bias, seed=decoder_seed,
+            dtype=dtype,
         )
         rotary_table = self.decoder.layers[0].self_attn.rotary
         check_max_len_fits_rotary(max_len, None if rotary_table is None else rotary_table.max_len)
@@ -309,17 +328,31 @@ class EncoderModelBlueprint:
     embedding_norm (LayerNorm), encoder (an Encoder without vocabulary or positions: post-norm,
     no final norm, it applies the embedding dropout), mlm_head (Linear d → V). Tables start as
     N(0, 0.02²), as BERT's.
+
+    head: "linear" (mlm_head alone), "transform" (BERT's prediction head: mlm_transform, a Linear
+    d → d, then mlm_activation (φ of ``activation``), then mlm_norm (LayerNorm), then mlm_head),
+    or None (no head: the model returns the hidden states, as Hugging Face's BertModel).
+    tie_embeddings=True: mlm_head.weight is embedding.weight (one Parameter, listed once under
+    that name); mlm_head.bias stays. padding_idx: the token id whose embedding row gets no
+    gradient from the lookup (torch's nn.Embedding padding_idx).
     """
 
     def __init__(self, vocab_size: int, d_model: int, num_heads: int, d_ff: int, num_layers: int,
                  dropout: float = 0.1, activation: str = "gelu", max_len: int = 512, num_token_types: int = 0,
-                 layer_norm_eps: float = 1e-12, *, seed=None, dtype=None):
+                 layer_norm_eps: float = 1e-12, head="linear", tie_embeddings: bool = False, padding_idx=None, *,
+                 seed=None, dtype=None):
         super().__init__()
         nn = self.catalogue
         (self.vocab_size, self.d_model, self.max_len,
          self.num_token_types) = check_encoder_model_sizes(vocab_size, d_model, max_len, num_token_types)
+        check_eps("layer_norm_eps", layer_norm_eps)
+        self.head = check_choice("head", head, ENCODER_HEADS)
+        self.tie_embeddings = check_flag("tie_embeddings", tie_embeddings)
+        if self.tie_embeddings and head is None:
+            raise ValueError("tie_embeddings=True needs a head (head='linear' or 'transform'), got head=None")
         dtype = self._set_dtype(dtype)
-        self.embedding = nn.Embedding(vocab_size, d_model, seed=child_seed(seed, "embedding"), dtype=dtype)
+        self.embedding = nn.Embedding(vocab_size, d_model, padding_idx, seed=child_seed(seed, "embedding"),
+                                      dtype=dtype)
         self.embedding.rescale_initial_weights(EMBEDDING_STD, child_seed(seed, "embedding"))  # N(0, 1) → N(0, 0.02²)
         self.positional = nn.LearnedPositionalEmbedding(d_model, max_len, seed=child_seed(seed, "positional"),
                                                         dtype=dtype)
@@ -333,7 +366,15 @@ class EncoderModelBlueprint:
             layer_norm_eps=layer_norm_eps, final_norm=False, vocab_size=None, max_len=max_len, positional=None,
             seed=child_seed(seed, "encoder"), dtype=dtype,
         )
-        self.mlm_head = nn.Linear(d_model, vocab_size, True, seed=child_seed(seed, "mlm_head"), dtype=dtype)
+        self.mlm_transform = self.mlm_activation = self.mlm_norm = self.mlm_head = None
+        if head == "transform":  # BERT's BertPredictionHeadTransform: dense, φ, LayerNorm
+            self.mlm_transform = nn.Linear(d_model, d_model, True, seed=child_seed(seed, "mlm_transform"), dtype=dtype)
+            self.mlm_activation = make_activation(nn, activation)
+            self.mlm_norm = nn.LayerNorm(d_model, layer_norm_eps, dtype=dtype)
+        if head is not None:
+            self.mlm_head = nn.Linear(d_model, vocab_size, True, seed=child_seed(seed, "mlm_head"), dtype=dtype)
+            if self.tie_embeddings:
+                self.mlm_head.weight = self.embedding.weight  # (V, d)  one Parameter, two uses
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, d_model={self.d_model}, num_token_types={self.num_token_types}"

@@ -68,6 +68,45 @@ def check_array(name: str, x, *, ndim=None, dtype=None, kind=None, xp=np):
     return x
 
 
+#: the floating dtypes the reference computes in (SPEC: float64 and float32, anything else is refused)
+REFERENCE_DTYPES = ("float32", "float64")
+#: what a backend deriving the reference's classes with another array module (the CuPy backend,
+#: xp = cupy) computes in besides: the half dtypes of its fused kernels
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def compute_dtypes(xp) -> tuple:
+    """The floating dtypes a layer whose array module is ``xp`` computes in.
+
+    The reference (xp = numpy) computes in float32 and float64 only: float16 would overflow and
+    lose the softmax's sums (logits of ~1e3 give NaN). The CuPy backend derives its classes from
+    the reference with xp = cupy (accelerated/cupy/backend.py), and there the same code also runs
+    float16 and bfloat16 (its reductions accumulate in float32): this is where it relaxes the rule.
+    The rule keys on the layer's module, not on the array's type: the CuPy backend on the CPU
+    emulator computes on NumPy arrays with xp = a stand-in cupy.
+    """
+    return REFERENCE_DTYPES if xp is np else REFERENCE_DTYPES + HALF_DTYPES
+
+
+def check_compute_dtype(name: str, x, xp=np):
+    """TypeError unless x (a floating array) has a dtype this backend computes in (compute_dtypes)."""
+    allowed = compute_dtypes(xp)
+    if str(x.dtype) not in allowed:
+        whose = "the reference's dtypes" if xp is np else f"the dtypes {xp.__name__} arrays compute in here"
+        raise TypeError(f"{name} must have dtype {' or '.join(allowed)} ({whose}), got {x.dtype}")
+    return x
+
+
+def check_floating(name: str, x, *, ndim=None, xp=np):
+    """A floating array of a dtype the layer computes in: check_array(kind="f"), then check_compute_dtype.
+
+    For the layers without a dtype of their own (activations, dropout, the sinusoids, rotary,
+    attention); a layer with one checks ``dtype=self.dtype``, which the same rule resolved.
+    """
+    check_array(name, x, ndim=ndim, kind="f", xp=xp)
+    return check_compute_dtype(name, x, xp)
+
+
 def check_size(name: str, x, axis: int, expected: int, what: str):
     """Check that ``x.shape[axis] == expected``; ``what`` names the expected size."""
     if x.shape[axis] != expected:
@@ -160,10 +199,15 @@ def check_token_ids(name: str, ids, vocab_size: int, xp=np):
     check_array(name, ids, kind="iu", xp=xp)
     if math.prod(ids.shape):
         low, high = xp.token_range(ids) if hasattr(xp, "token_range") else (int(ids.min()), int(ids.max()))
-        if low < 0 or high >= vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"{name} must lie in [0, {vocab_size}) (the vocabulary), got id {bad}")
+        check_id_range(name, low, high, vocab_size)
     return ids
+
+
+def check_id_range(name: str, low: int, high: int, vocab_size: int) -> None:
+    """The smallest and largest id of ``name`` lie in [0, vocab_size)."""
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} must lie in [0, {vocab_size}) (the vocabulary), got id {bad}")
 
 
 def check_vocabulary(name: str, ids, has_vocabulary: bool, d_model: int) -> None:

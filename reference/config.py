@@ -28,6 +28,8 @@ class LayerConfig:
     rotary: bool  # rotary positions in the self-attention
     window: int | None  # sliding-window self-attention (None: none)
     block_size: int | None  # block-local self-attention (None: none)
+    rope_base: float  # the rotary frequencies' base (Llama's rope_theta)
+    qkv_bias: bool | None  # biases of the q/k/v projections apart from `bias` (None: as bias; Qwen2: True)
 
     def layer_arguments(self) -> dict:
         """These fields by name: the keyword arguments of EncoderLayer and DecoderLayer."""
@@ -45,3 +47,4 @@ class StackConfig(LayerConfig):
     positional: str | None  # "sinusoidal", "learned" or None (rotary models)
     scale_embedding: bool  # multiply looked-up embeddings by √d_model (the paper)
     padding_idx: int | None  # the token id whose embedding stays zero
+    positional_layout: str  # sinusoids "interleaved" (the paper) or "split" (sines, then cosines: Marian)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .attention_inputs import array_check, check_layer_masks
 from .blueprints import DecoderBlueprint, DecoderLayerBlueprint
-from .checks import check_array, check_batch, check_size
+from .checks import check_array, check_batch, check_flag, check_size
+from .kv_cache import check_cache
 from .module import Module
 from .residual import residual_backward, residual_forward
 from .stack_input import EmbeddedStack
@@ -28,11 +30,17 @@ class DecoderLayer(DecoderLayerBlueprint, Module):
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, cache=None):
-        check_array("tgt", tgt, ndim=3, kind="f", xp=self.xp)
+        check_array("tgt", tgt, ndim=3, kind="f", dtype=self.dtype, xp=self.xp)  # before the inner layers' checks
         check_size("tgt", tgt, -1, self.d_model, "d_model")
-        check_array("memory", memory, ndim=3, kind="f", xp=self.xp)
+        check_array("memory", memory, ndim=3, kind="f", dtype=self.dtype, xp=self.xp)
         check_size("memory", memory, -1, self.d_model, "d_model")
         check_batch("memory", memory, tgt.shape[0], "tgt's")
+        check_flag("tgt_is_causal", tgt_is_causal)
+        check = array_check(self.xp)
+        check_layer_masks(self.self_attn, tgt, None, tgt_mask, tgt_key_padding_mask,
+                          ("tgt_mask", "tgt_key_padding_mask"), check_cache(cache), check)
+        check_layer_masks(self.cross_attn, tgt, memory, memory_mask, memory_key_padding_mask,
+                          ("memory_mask", "memory_key_padding_mask"), cache, check)
 
         def self_attention(h):  # (B, T, d) -> (B, T, d)
             return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,

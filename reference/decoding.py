@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_array, check_flag, check_positive_int, describe
+from .checks import check_array, check_flag, check_id_range, check_positive_int, describe
 from .kv_cache import KVCache
 from .language_model import DecoderLM
 from .transformer import Transformer
@@ -171,6 +171,8 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
     backend.check_array("prompt", prompt, ndim=2, kind="iu", xp=xp)
     if prompt.shape[1] < 1:
         raise ValueError(f"prompt must hold at least one token per row, got shape {tuple(prompt.shape)}")
+    if prompt.shape[0]:  # by its own name (the model would call it ids)
+        check_id_range("prompt", int(prompt.min()), int(prompt.max()), model.vocab_size)
     max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     if prompt.shape[1] + max_new_tokens > model.max_len:
         raise ValueError(

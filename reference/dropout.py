@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_inputs import check_compute_dtype
-from .checks import check_array, check_probability
+from .checks import check_floating, check_probability
 from .module import Module
 
 
@@ -29,8 +28,7 @@ class Dropout(Module):
         self.generator = np.random.default_rng(seed)
 
     def forward(self, x):
-        check_array("x", x, kind="f", xp=self.xp)
-        check_compute_dtype("x", x, self.xp)  # float32/float64 (the CuPy backend: also float16/bfloat16)
+        check_floating("x", x, xp=self.xp)  # float32/float64 (the CuPy backend: also float16/bfloat16)
         if not self.training or self.p == 0.0:
             self.save_for_backward(shape=x.shape, scaled_mask=None)
             return x

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .attention_inputs import array_check, check_layer_masks
 from .blueprints import EncoderBlueprint, EncoderLayerBlueprint
-from .checks import check_array, check_size
+from .checks import check_array, check_flag, check_size
+from .kv_cache import check_cache
 from .module import Module
 from .residual import residual_backward, residual_forward
 from .stack_input import EmbeddedStack
@@ -25,8 +27,11 @@ class EncoderLayer(EncoderLayerBlueprint, Module):
     """
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False, cache=None):
-        check_array("src", src, ndim=3, kind="f", xp=self.xp)
+        check_array("src", src, ndim=3, kind="f", dtype=self.dtype, xp=self.xp)  # before the inner layers' checks
         check_size("src", src, -1, self.d_model, "d_model")
+        check_flag("is_causal", is_causal)
+        check_layer_masks(self.self_attn, src, None, src_mask, src_key_padding_mask,
+                          ("src_mask", "src_key_padding_mask"), check_cache(cache), array_check(self.xp))
 
         def self_attention(h):  # (B, N, d) -> (B, N, d)
             return self.self_attn(
@@ -61,6 +66,8 @@ class Encoder(EncoderBlueprint, EmbeddedStack):
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal: bool = False, cache=None):
         x = self.embed(src, "src", cache)  # (B, N, d)  at positions cache.length, ... (0, 1, ... without a cache)
+        check_layer_masks(self.layers[0].self_attn, x, None, mask, src_key_padding_mask,
+                          ("mask", "src_key_padding_mask"), cache, self.array_check())  # the layers say src_mask
         for layer in self.layers:
             x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
                       cache=cache)

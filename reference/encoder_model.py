@@ -25,8 +25,12 @@ class EncoderModel(EncoderModelBlueprint, Module):
     token_type_ids default to zeros (segment A) when the model has token types; they are
     keyword inputs and get no gradient. Tables start as N(0, 0.02²), as BERT's.
 
+    head="transform" (BERT): logits = LayerNorm(φ(h W_tᵀ + b_t)) W_mᵀ + b_m, backward in reverse;
+    head=None: the output is h. Tied (tie_embeddings=True): W_m is E, and E.grad adds the
+    head's term to the lookup's (each use calls accumulate_grad on the one Parameter).
+
     Submodules: embedding, positional, token_type (if num_token_types > 0), embedding_norm,
-    encoder, mlm_head (Linear d → V). The constructor is EncoderModelBlueprint in blueprints.py,
+    encoder, mlm_transform, mlm_activation, mlm_norm (head="transform"), mlm_head (Linear d → V, unless head=None). The constructor is EncoderModelBlueprint in blueprints.py,
     shared by every backend.
     """
 
@@ -39,13 +43,21 @@ class EncoderModel(EncoderModelBlueprint, Module):
             e = e + self.token_type(self.xp.zeros_like(ids) if types is None else types)  # (B, N, d)  + T[types]
         x0 = self.embedding_norm(e)  # (B, N, d)
         h = self.encoder(x0, src_key_padding_mask=key_padding_mask)  # (B, N, d)  dropout, then the layers
-        logits = self.mlm_head(h)  # (B, N, V)  logits = h W_mᵀ + b_m
+        if self.mlm_head is None:  # head=None: the hidden states are the output
+            self.save_for_backward(shape=h.shape)
+            return h
+        z = h
+        if self.mlm_transform is not None:  # head="transform": z = LayerNorm(φ(h W_tᵀ + b_t))
+            z = self.mlm_norm(self.mlm_activation(self.mlm_transform(h)))  # (B, N, d)
+        logits = self.mlm_head(z)  # (B, N, V)  logits = z W_mᵀ + b_m
         self.save_for_backward(shape=logits.shape)
         return logits
 
     def backward(self, grad_output):
-        dlogits = self.check_grad_output(grad_output, self.saved()["shape"])  # (B, N, V)
-        dh = self.mlm_head.backward(dlogits)  # (B, N, d)  ← from logits = h W_mᵀ + b_m
+        dout = self.check_grad_output(grad_output, self.saved()["shape"])  # (B, N, V), or (B, N, d) without a head
+        dh = dout if self.mlm_head is None else self.mlm_head.backward(dout)  # (B, N, d)  ← from z W_mᵀ + b_m
+        if self.mlm_transform is not None:  # ← from z = LayerNorm(φ(h W_tᵀ + b_t)), in reverse
+            dh = self.mlm_transform.backward(self.mlm_activation.backward(self.mlm_norm.backward(dh)))  # (B, N, d)
         dx0 = self.encoder.backward(dh)  # (B, N, d)  ← from h = Layers(Dropout(x₀))
         de = self.embedding_norm.backward(dx0)  # (B, N, d)  ← from x₀ = LayerNorm(e)
         if self.token_type is not None:

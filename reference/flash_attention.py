@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace
-from .attention_inputs import check_compute_dtype, check_scale
-from .checks import check_array, check_positive_int, describe
+from .attention_inputs import check_scale
+from .checks import check_array, check_compute_dtype, check_positive_int, describe
 from .module import Module
 
 

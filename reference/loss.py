@@ -6,8 +6,13 @@ import numpy as np
 
 from .arrays import array_namespace
 from .attention import accumulator_dtype
-from .attention_inputs import check_compute_dtype
-from .checks import check_class_targets, check_cross_entropy_config, check_cross_entropy_inputs, describe
+from .checks import (
+    check_class_targets,
+    check_compute_dtype,
+    check_cross_entropy_config,
+    check_cross_entropy_inputs,
+    describe,
+)
 from .module import Module
 
 

@@ -19,8 +19,9 @@ Below the builders, the mask rules every backend shares:
     allowed_causal, allowed_sliding_window, allowed_block_local
         the boolean masks (True = may attend) behind the builders, on any backend: the backend
         passes its ``arange`` (torch: on the layer's device)
-    attn_mask_shape
-        MultiHeadAttention's attn_mask shape rule, as a function of shapes
+    attn_mask_shape, check_mha_masks
+        MultiHeadAttention's attn_mask shape rule, as a function of shapes, and its masks' checks
+        (under the caller's argument names: a layer checks its src_mask as src_mask)
     merge_masks
         MultiHeadAttention's masks (torch.nn.MultiheadAttention's convention) merged into the one
         mask its attention takes (SDPA's convention)
@@ -136,20 +137,37 @@ def allowed_block_local(seq_len: int, block_size: int, arange=np.arange):
 # ---- MultiHeadAttention's masks ----------------------------------------------------------
 
 
-def attn_mask_shape(shape: tuple, B: int, H: int, L: int, S: int) -> tuple:
-    """The shape MultiHeadAttention reads an attn_mask of ``shape`` as, or ValueError.
+def attn_mask_shape(shape: tuple, B: int, H: int, L: int, S: int, name: str = "attn_mask") -> tuple:
+    """The shape MultiHeadAttention reads an attn_mask of ``shape`` as, or ValueError naming ``name``.
 
     (L, S) as torch: stays (L, S).   (B·H, L, S) as torch: (B, H, L, S), row b·H + h being
     batch b, head h.   4-D: broadcastable to (B, H, L, S), each size 1 or the full one.
     """
     shape = tuple(shape)
     if len(shape) == 2 and shape != (L, S):
-        raise ValueError(f"attn_mask must have shape {(L, S)} (L, S), got {shape}")
+        raise ValueError(f"{name} must have shape {(L, S)} (L, S), got {shape}")
     if len(shape) == 3 and shape != (B * H, L, S):
-        raise ValueError(f"attn_mask must have shape {(B * H, L, S)} (batch·heads, L, S), got {shape}")
+        raise ValueError(f"{name} must have shape {(B * H, L, S)} (batch·heads, L, S), got {shape}")
     if len(shape) == 4 and any(n not in (1, full) for n, full in zip(shape, (B, H, L, S))):
-        raise ValueError(f"attn_mask must be broadcastable to {(B, H, L, S)} (batch, heads, L, S), got {shape}")
+        raise ValueError(f"{name} must be broadcastable to {(B, H, L, S)} (batch, heads, L, S), got {shape}")
     return (B, H, L, S) if len(shape) == 3 else shape
+
+
+def check_mha_masks(attn_mask, key_padding_mask, sizes: tuple, check, names=("attn_mask", "key_padding_mask")):
+    """MultiHeadAttention's attn_mask and key_padding_mask (either may be None) for sizes (B, H, L, S).
+
+    attn_mask: boolean or floating, (L, S), (B·H, L, S) or 4-D broadcastable (attn_mask_shape);
+    key_padding_mask: boolean or floating, (B, S). check: the backend's array check
+    (ArrayOps.check). names: what the messages call them; a layer that passes its own masks on
+    (EncoderLayer's src_mask, src_key_padding_mask) checks them first under those names.
+    """
+    B, H, L, S = sizes
+    if attn_mask is not None:
+        check(names[0], attn_mask, ndim=(2, 3, 4), kind="bf")
+        attn_mask_shape(attn_mask.shape, B, H, L, S, names[0])
+    if key_padding_mask is not None:
+        check(names[1], key_padding_mask, kind="bf")
+        check_shape(names[1], key_padding_mask, (B, S), "batch, key length")
 
 
 def merge_masks(attn_mask, key_padding_mask, sizes: tuple, *, is_causal: bool, window, block_size,
@@ -168,12 +186,10 @@ def merge_masks(attn_mask, key_padding_mask, sizes: tuple, *, is_causal: bool, w
     """
     B, H, L, S = sizes
     parts = []  # boolean: True = masked out (torch MHA's convention); float: added to the scores
+    check_mha_masks(attn_mask, key_padding_mask, sizes, ops.check)
     if attn_mask is not None:
-        ops.check("attn_mask", attn_mask, ndim=(2, 3, 4), kind="bf")
         parts.append(attn_mask.reshape(attn_mask_shape(attn_mask.shape, B, H, L, S)))  # (L, S) or (B|1, H|1, L|1, S|1)
     if key_padding_mask is not None:
-        ops.check("key_padding_mask", key_padding_mask, kind="bf")
-        check_shape("key_padding_mask", key_padding_mask, (B, S), "batch, key length")
         parts.append(key_padding_mask.reshape(B, 1, 1, S))  # (B, 1, 1, S)
     end = offset + L  # one past the last new query's position
     if cached and is_causal:

@@ -22,7 +22,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .arrays import resolve_dtype, to_numpy
-from .checks import check_flag, describe, dtype_kind
+from .checks import check_compute_dtype, check_flag, describe, dtype_kind
 
 
 class Parameter:
@@ -186,7 +186,8 @@ class Module:
         return self._saved
 
     def check_grad_output(self, grad_output, shape, name: str = "grad_output"):
-        """grad_output must be an array of the forward output's shape."""
+        """grad_output must be an array of the forward output's shape, of a dtype the layer computes in
+        (checks.compute_dtypes: float32 or float64 here; the CuPy backend's layers also take half)."""
         xp = self.xp
         if not isinstance(grad_output, xp.ndarray):
             raise TypeError(f"{name} must be a {xp.__name__}.ndarray, got {describe(grad_output)}")
@@ -194,7 +195,7 @@ class Module:
             raise ValueError(f"{name} must have shape {tuple(shape)} (the output's), got {tuple(grad_output.shape)}")
         if dtype_kind(grad_output.dtype) != "f":
             raise TypeError(f"{name} must have a floating dtype, got {grad_output.dtype}")
-        return grad_output
+        return check_compute_dtype(name, grad_output, xp)
 
     # ---- parameters ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .arrays import resolve_dtype
 from .attention import ScaledDotProductAttention
 from .attention_inputs import check_attention_config, prepare_attention
+from .checks import check_flag
 from .kv_cache import cached_heads
 from .linear import Linear
 from .module import Module, child_seed
@@ -49,16 +50,18 @@ class MultiHeadAttention(Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  num_kv_heads: int | None = None, rotary: bool = False, max_len: int = 4096,
                  rope_base: float = 10000.0, window: int | None = None, block_size: int | None = None,
-                 *, seed=None, dtype=None):
+                 qkv_bias: bool | None = None, *, seed=None, dtype=None):
         super().__init__()
         (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.dropout, self.window,
          self.block_size) = check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size,
-                                                   bias, rotary)
+                                                   bias, rotary, max_len, rope_base)
         self.dtype = resolve_dtype(dtype)
         kv_dim = self.num_kv_heads * self.head_dim
-        self.q_proj = Linear(d_model, d_model, bias, seed=child_seed(seed, "q_proj"), dtype=self.dtype)
-        self.k_proj = Linear(d_model, kv_dim, bias, seed=child_seed(seed, "k_proj"), dtype=self.dtype)
-        self.v_proj = Linear(d_model, kv_dim, bias, seed=child_seed(seed, "v_proj"), dtype=self.dtype)
+        # qkv_bias (None: as bias) sets the q/k/v biases apart from out_proj's (Qwen2: q/k/v biases only)
+        in_bias = bias if qkv_bias is None else check_flag("qkv_bias", qkv_bias)
+        self.q_proj = Linear(d_model, d_model, in_bias, seed=child_seed(seed, "q_proj"), dtype=self.dtype)
+        self.k_proj = Linear(d_model, kv_dim, in_bias, seed=child_seed(seed, "k_proj"), dtype=self.dtype)
+        self.v_proj = Linear(d_model, kv_dim, in_bias, seed=child_seed(seed, "v_proj"), dtype=self.dtype)
         self.out_proj = Linear(d_model, d_model, bias, seed=child_seed(seed, "out_proj"), dtype=self.dtype)
         self.attention = ScaledDotProductAttention(self.dropout, seed=child_seed(seed, "attention"))
         self.rotary = RotaryEmbedding(self.head_dim, max_len, rope_base) if rotary else None

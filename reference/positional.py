@@ -5,18 +5,30 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace, resolve_dtype
-from .checks import check_array, check_positive_int, check_size, check_table_window
+from .checks import check_array, check_choice, check_compute_dtype, check_positive_int, check_size, check_table_window
 from .module import Module, make_rng
 
 
-def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
+#: how the sines and cosines of sinusoidal_table are laid out along the features
+SINUSOIDAL_LAYOUTS = {"interleaved", "split"}
+
+
+def sinusoidal_table(max_len: int, d_model: int, layout: str = "interleaved") -> np.ndarray:
     """PE[t, 2i] = sin(t / 10000^(2i/d)),  PE[t, 2i+1] = cos(t / 10000^(2i/d)); float64 (max_len, d).
 
-    An odd d_model ends with a sine column that has no cosine partner.
+    An odd d_model ends with a sine column that has no cosine partner. layout="split" (Marian's,
+    Hugging Face's MarianSinusoidalPositionalEmbedding) holds the same values, the ⌈d/2⌉ sines
+    first and the ⌊d/2⌋ cosines after them: PE[t, i] = sin(t·ω_i), PE[t, ⌈d/2⌉ + i] = cos(t·ω_i).
     """
+    check_choice("layout", layout, SINUSOIDAL_LAYOUTS)
     inv_freq = 10000.0 ** (-np.arange(0, d_model, 2, dtype=np.float64) / d_model)  # (⌈d/2⌉,)  1/10000^(2i/d)
     angles = np.arange(max_len, dtype=np.float64)[:, None] * inv_freq  # (max_len, ⌈d/2⌉)
     table = np.empty((max_len, d_model), dtype=np.float64)  # (max_len, d)
+    if layout == "split":
+        half = angles.shape[1]  # ⌈d/2⌉
+        table[:, :half] = np.sin(angles)  # (max_len, ⌈d/2⌉)  the sines first
+        table[:, half:] = np.cos(angles[:, : d_model // 2])  # (max_len, ⌊d/2⌋)  then the cosines
+        return table
     table[:, 0::2] = np.sin(angles)  # (max_len, ⌈d/2⌉)  even columns
     table[:, 1::2] = np.cos(angles[:, : d_model // 2])  # (max_len, ⌊d/2⌋)  odd columns
     return table
@@ -32,13 +44,16 @@ class SinusoidalPositionalEncoding(Module):
 
     The table is built once in float64 and cast to the input's dtype. ``offset`` is the
     position of the first entry of x (decoding with a cache feeds one new position at a time).
+    layout="split" puts the sines in the first half of the features and the cosines in the
+    second (Marian's checkpoints); the default interleaves them as the paper.
     """
 
-    def __init__(self, d_model: int, max_len: int = 5000):
+    def __init__(self, d_model: int, max_len: int = 5000, layout: str = "interleaved"):
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         self.max_len = check_positive_int("max_len", max_len)
-        self.table = self.xp.asarray(sinusoidal_table(max_len, d_model))  # (max_len, d)  a constant, not a Parameter
+        self.layout = check_choice("layout", layout, SINUSOIDAL_LAYOUTS)
+        self.table = self.xp.asarray(sinusoidal_table(max_len, d_model, layout))  # (max_len, d)  a constant, not a Parameter
 
     def forward(self, x, offset: int = 0):
         start, end = _positions(x, offset, self.d_model, self.max_len, self.xp)
@@ -51,7 +66,8 @@ class SinusoidalPositionalEncoding(Module):
         return dy  # dx = dy  ← from y = x + PE
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, max_len={self.max_len}"
+        layout = "" if self.layout == "interleaved" else f", layout={self.layout!r}"
+        return f"d_model={self.d_model}, max_len={self.max_len}{layout}"
 
 
 class LearnedPositionalEmbedding(Module):
@@ -94,5 +110,6 @@ class LearnedPositionalEmbedding(Module):
 def _positions(x, offset, d_model: int, max_len: int, xp, dtype=None) -> tuple[int, int]:
     """Check x (batch, seq, d_model) and offset; return the rows [start, end) of the table it uses."""
     check_array("x", x, ndim=3, kind="f", dtype=dtype, xp=xp)
+    check_compute_dtype("x", x, xp)  # the sinusoids have no dtype of their own: float32/float64 (CuPy: also half)
     check_size("x", x, -1, d_model, "d_model")
     return check_table_window(x, offset, max_len)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arrays import array_namespace
-from .checks import check_array, check_eps, check_positive_int, check_size
+from .checks import check_eps, check_floating, check_positive_int, check_size
 from .module import Module
 
 
@@ -41,8 +41,7 @@ class RotaryEmbedding(Module):
         if head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
         self.max_len = check_positive_int("max_len", max_len)
-        # base ≤ 0, NaN or inf would fill the tables with NaN (MultiHeadAttention passes its rope_base here)
-        self.base = check_eps("base (RotaryEmbedding's base, MultiHeadAttention's rope_base)", base)
+        self.base = check_eps("base", base)  # base ≤ 0, NaN or inf would fill the tables with NaN
         inv_freq = self.base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (d/2,)
         angles = np.arange(max_len, dtype=np.float64)[:, None] * inv_freq  # (max_len, d/2)
         self.cos_table = self.xp.asarray(np.concatenate([np.cos(angles)] * 2, axis=-1))  # (max_len, d)
@@ -70,7 +69,7 @@ class RotaryEmbedding(Module):
 
     def _tables(self, name, x, offset):
         """c, s (N, d) at positions offset … offset + N − 1, in x's dtype."""
-        check_array(name, x, kind="f", xp=self.xp)
+        check_floating(name, x, xp=self.xp)  # float32/float64 (the CuPy backend: also float16/bfloat16)
         end = rotary_positions(name, x, offset, self.head_dim, self.max_len)
         return self.cos_table[offset:end].astype(x.dtype), self.sin_table[offset:end].astype(x.dtype)  # (N, d) ×2
 

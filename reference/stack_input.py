@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .checks import check_array, check_size, check_vocabulary, dtype_kind
+from .attention_inputs import array_check
+from .checks import check_array, check_size, check_token_ids, check_vocabulary, dtype_kind
 from .kv_cache import check_cache
 from .module import Module
 
@@ -26,6 +27,7 @@ class EmbeddedStack(Module):
         if from_ids:
             check_vocabulary(name, x, self.embedding is not None, self.d_model)
             check_array(name, x, ndim=2, xp=self.xp)
+            check_token_ids(name, x, self.embedding.num_embeddings, xp=self.xp)  # by the caller's name, not "ids"
             x = self.embedding(x)  # (B, N, d)  E[ids] (·√d with scale_embedding)
         else:
             check_array(name, x, ndim=3, dtype=self.dtype, xp=self.xp)
@@ -34,6 +36,10 @@ class EmbeddedStack(Module):
             x = self.positional(x, offset)  # (B, N, d)  x + P[offset : offset + N]
         self.save_for_backward(from_ids=from_ids)
         return self.dropout(x)  # (B, N, d)
+
+    def array_check(self):
+        """This backend's array check (ArrayOps.check), for the mask rules the stack shares with its layers."""
+        return array_check(self.xp)
 
     def embed_backward(self, dx):
         from_ids = self.saved()["from_ids"]

@@ -9,16 +9,19 @@ from reference.checks import check_token_type_ids
 
 from .checks import TENSORS, check_padding_mask, check_token_input
 from .module import Module
+from .transformer import TiedStateDict
 
 
-class EncoderModel(EncoderModelBlueprint, Module):
+class EncoderModel(EncoderModelBlueprint, TiedStateDict, Module):
     r"""Bidirectional encoder with BERT's input embeddings and a masked-language-model head.
 
     e = E[ids] + P[:N] + T[types]      h = Layers(Dropout(LayerNorm(e)))      logits = h W_mᵀ + b_m
     (reference/encoder_model.py): post-norm layers, no causal mask, no final norm; token
     types default to zeros (segment A) when the model has them and get no gradient. The
     constructor, the submodules and their initialization (tables N(0, 0.02²)) are the
-    reference's (reference/blueprints.py). Gradients: autograd.
+    reference's (reference/blueprints.py). head="transform" (BERT) puts LayerNorm(φ(h W_tᵀ + b_t))
+    before the head; head=None returns h. Tied (tie_embeddings=True): W_m = E, one nn.Parameter
+    listed once as "embedding.weight". Gradients: autograd.
     """
 
     def forward(self, ids, token_type_ids=None, key_padding_mask=None):
@@ -30,4 +33,8 @@ class EncoderModel(EncoderModelBlueprint, Module):
             e = e + self.token_type(torch.zeros_like(ids) if types is None else types)  # (B, N, d)  + T[types]
         x0 = self.embedding_norm(e)  # (B, N, d)
         h = self.encoder(x0, src_key_padding_mask=key_padding_mask)  # (B, N, d)  dropout, then the layers
+        if self.mlm_head is None:  # head=None: the hidden states are the output
+            return h
+        if self.mlm_transform is not None:  # head="transform" (BERT): LayerNorm(φ(h W_tᵀ + b_t))
+            h = self.mlm_norm(self.mlm_activation(self.mlm_transform(h)))  # (B, N, d)
         return self.mlm_head(h)  # (B, N, V)  logits = h W_mᵀ + b_m

@@ -8,7 +8,7 @@ from reference import positional as reference
 from reference.checks import check_table_window
 
 from .arrays import numpy_dtype, resolve_dtype
-from .checks import check_positive_int, check_size, check_tensor
+from .checks import check_choice, check_positive_int, check_size, check_tensor
 from .module import Module, as_parameter
 
 
@@ -18,11 +18,12 @@ class SinusoidalPositionalEncoding(Module):
     The table is a non-persistent buffer: it follows ``.to(device)`` and stays out of the state dict.
     """
 
-    def __init__(self, d_model: int, max_len: int = 5000):
+    def __init__(self, d_model: int, max_len: int = 5000, layout: str = "interleaved"):
         super().__init__()
         self.d_model = check_positive_int("d_model", d_model)
         self.max_len = check_positive_int("max_len", max_len)
-        self.register_buffer("table", torch.from_numpy(reference.sinusoidal_table(max_len, d_model)),
+        self.layout = check_choice("layout", layout, reference.SINUSOIDAL_LAYOUTS)  # "split": Marian's
+        self.register_buffer("table", torch.from_numpy(reference.sinusoidal_table(max_len, d_model, layout)),
                              persistent=False)  # (max_len, d)
 
     def forward(self, x, offset: int = 0):
@@ -30,7 +31,8 @@ class SinusoidalPositionalEncoding(Module):
         return x + self.table[start:end].to(x.dtype)  # (B, N, d)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, max_len={self.max_len}"
+        layout = "" if self.layout == "interleaved" else f", layout={self.layout!r}"
+        return f"d_model={self.d_model}, max_len={self.max_len}{layout}"
 
 
 class LearnedPositionalEmbedding(Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reference.checks import check_vocabulary
 
-from .checks import check_size, check_tensor, dtype_kind
+from .checks import check_size, check_tensor, check_token_ids, dtype_kind
 from .kv_cache import check_cache
 from .module import Module
 
@@ -23,6 +23,7 @@ class EmbeddedStack(Module):
         if from_ids:
             check_vocabulary(name, x, self.embedding is not None, self.d_model)
             check_tensor(name, x, ndim=2)
+            check_token_ids(name, x, self.embedding.num_embeddings)  # by the caller's name, not "ids"
             x = self.embedding(x)  # (B, N, d)  E[ids] (·√d with scale_embedding)
         else:
             check_tensor(name, x, ndim=3, dtype=self.dtype)
@@ -30,3 +31,7 @@ class EmbeddedStack(Module):
         if self.positional is not None:
             x = self.positional(x, offset)  # (B, N, d)  x + P[offset : offset + N]
         return self.dropout(x)  # (B, N, d)
+
+    def array_check(self):
+        """This backend's array check (ArrayOps.check), for the mask rules the stack shares with its layers."""
+        return check_tensor
