@@ -299,7 +299,8 @@ def test_marian_gradients_match_transformers(backend, shape, tgt_len):
 
 
 def until_eos(tokens: np.ndarray, eos: int) -> list:
-    """Each row up to and including its first EOS (transformers pads finished rows with the pad id, Rosetta with EOS)."""
+    """Each row up to and including its first EOS (transformers pads finished rows with the pad id,
+    Rosetta with EOS)."""
     rows = []
     for row in np.asarray(tokens):
         ends = np.flatnonzero(row[1:] == eos)

@@ -30,7 +30,8 @@ class EncoderModel(EncoderModelBlueprint, Module):
     head's term to the lookup's (each use calls accumulate_grad on the one Parameter).
 
     Submodules: embedding, positional, token_type (if num_token_types > 0), embedding_norm,
-    encoder, mlm_transform, mlm_activation, mlm_norm (head="transform"), mlm_head (Linear d → V, unless head=None). The constructor is EncoderModelBlueprint in blueprints.py,
+    encoder, mlm_transform, mlm_activation, mlm_norm (head="transform"), mlm_head (Linear d → V,
+    unless head=None). The constructor is EncoderModelBlueprint in blueprints.py,
     shared by every backend.
     """
 

@@ -53,7 +53,8 @@ class SinusoidalPositionalEncoding(Module):
         self.d_model = check_positive_int("d_model", d_model)
         self.max_len = check_positive_int("max_len", max_len)
         self.layout = check_choice("layout", layout, SINUSOIDAL_LAYOUTS)
-        self.table = self.xp.asarray(sinusoidal_table(max_len, d_model, layout))  # (max_len, d)  a constant, not a Parameter
+        table = sinusoidal_table(max_len, d_model, layout)  # (max_len, d)
+        self.table = self.xp.asarray(table)  # (max_len, d)  a constant, not a Parameter
 
     def forward(self, x, offset: int = 0):
         start, end = _positions(x, offset, self.d_model, self.max_len, self.xp)

@@ -6,16 +6,17 @@ norm. ``BertModel`` maps to ``head=None`` (the output is the last hidden state);
 ``BertForMaskedLM`` to ``head="transform"`` (dense, φ, LayerNorm, then the decoder tied to the
 word embeddings with its own bias ``cls.predictions.bias``).
 
-Tensor names (Hugging Face -> Rosetta; BertForMaskedLM prefixes the body with ``bert.``):
+Tensor names (Hugging Face -> Rosetta; BertForMaskedLM prefixes the body with ``bert.``; i the layer):
 
-    embeddings.word_embeddings / position_embeddings / token_type_embeddings   embedding / positional / token_type
-    embeddings.LayerNorm                                                        embedding_norm
-    encoder.layer.i.attention.self.query / key / value                          encoder.layers.i.self_attn.q_proj / k_proj / v_proj
-    encoder.layer.i.attention.output.dense / LayerNorm                          encoder.layers.i.self_attn.out_proj / norm1
-    encoder.layer.i.intermediate.dense / output.dense / output.LayerNorm        encoder.layers.i.feed_forward.linear1 / linear2 / norm2
-    cls.predictions.transform.dense / LayerNorm                                 mlm_transform / mlm_norm
-    cls.predictions.bias (= cls.predictions.decoder.bias)                       mlm_head.bias
-    cls.predictions.decoder.weight (tied: the word embeddings)                  mlm_head.weight (tied: embedding.weight)
+    embeddings.word_embeddings / position_embeddings       embedding / positional
+    embeddings.token_type_embeddings / LayerNorm           token_type / embedding_norm
+    encoder.layer.i.attention.self.query / key / value     encoder.layers.i.self_attn.q_proj / k_proj / v_proj
+    encoder.layer.i.attention.output.dense / LayerNorm     encoder.layers.i.self_attn.out_proj / norm1
+    encoder.layer.i.intermediate.dense / output.dense      encoder.layers.i.feed_forward.linear1 / linear2
+    encoder.layer.i.output.LayerNorm                       encoder.layers.i.norm2
+    cls.predictions.transform.dense / LayerNorm            mlm_transform / mlm_norm
+    cls.predictions.bias (= cls.predictions.decoder.bias)  mlm_head.bias
+    cls.predictions.decoder.weight (tied: not stored)      mlm_head.weight (tied: embedding.weight)
 
 Refused by name: is_decoder / add_cross_attention (BERT as a decoder), position_embedding_type
 other than "absolute", an unknown hidden_act, any config field rosetta does not know (folder.check_known_fields), other
