@@ -68,14 +68,14 @@ def run_on(backend: str, fn):
 
 
 def bert_checkpoint(folder, *, d_model, heads, masked_lm, seed, hidden_act="gelu", type_vocab_size=2):
-    """A random BertModel (no pooler) or BertForMaskedLM saved in ``folder``; returns it in float64, eval mode."""
+    """A random BertModel (with its pooler) or BertForMaskedLM saved in ``folder``; returns it in float64, eval mode."""
     torch.manual_seed(seed)
     config = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=d_model, num_hidden_layers=2, num_attention_heads=heads,
         intermediate_size=2 * d_model, max_position_embeddings=MAX_LEN, type_vocab_size=type_vocab_size,
         hidden_act=hidden_act, initializer_range=0.2, pad_token_id=0,
     )
-    hf = transformers.BertForMaskedLM(config) if masked_lm else transformers.BertModel(config, add_pooling_layer=False)
+    hf = transformers.BertForMaskedLM(config) if masked_lm else transformers.BertModel(config)
     hf.save_pretrained(folder)
     return hf.double().eval()
 
@@ -130,6 +130,20 @@ def shapes(draw):
     return d_model, heads, batch, seq, lengths, draw(st.integers(0, 2**16))
 
 
+def hf_outputs(out) -> dict:
+    """transformers' BERT outputs by name: MLM logits, or the last hidden state and the pooler output."""
+    if hasattr(out, "logits"):
+        return {"logits": out.logits.detach().numpy()}
+    return {"hidden states": out.last_hidden_state.detach().numpy(), "pooled": out.pooler_output.detach().numpy()}
+
+
+def rosetta_outputs(rt, out) -> dict:
+    """EncoderModel's outputs by the same names: logits, or (hidden states, pooled) with a pooler."""
+    if isinstance(out, tuple):
+        return {"hidden states": rt.to_numpy(out[0]), "pooled": rt.to_numpy(out[1])}
+    return {"logits": rt.to_numpy(out)}
+
+
 def padding(lengths, seq):
     """(attention_mask (B, N) 1 = token as transformers, key_padding_mask True = padding as Rosetta)."""
     keep = np.arange(seq)[None, :] < np.asarray(lengths)[:, None]
@@ -154,16 +168,17 @@ def test_bert_outputs_match_transformers(masked_lm, backend, dtype, tol, shape):
         with torch.no_grad():
             out = hf(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
                      attention_mask=torch.from_numpy(attention_mask))
-        want = (out.logits if masked_lm else out.last_hidden_state).numpy()
+        want = hf_outputs(out)
 
         def rosetta(rt):
             model = load_pretrained(folder, backend=rt, dtype=dtype)
-            return rt.to_numpy(model(rt.asarray(ids), token_type_ids=rt.asarray(types),
-                                     key_padding_mask=rt.asarray(key_padding_mask)))
+            return rosetta_outputs(rt, model(rt.asarray(ids), token_type_ids=rt.asarray(types),
+                                             key_padding_mask=rt.asarray(key_padding_mask)))
 
         got = run_on(backend, rosetta)
-    err = relative_error(got, want)
-    assert err <= tol, f"BERT ({'MLM logits' if masked_lm else 'hidden states'}) on {backend}: {err:.2e} > {tol:.0e}"
+    for name in want:
+        err = relative_error(got[name], want[name])
+        assert err <= tol, f"BERT {name} on {backend}: {err:.2e} > {tol:.0e}"
 
 
 @pytest.mark.parametrize("backend,dtype,tol", BACKENDS)
@@ -243,26 +258,46 @@ def rosetta_loss_gradients(model, backend, logits_of, labels) -> dict:
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("masked_lm", [False, True], ids=["BertModel", "BertForMaskedLM"])
 @examples(0.25)
 @given(shape=shapes())
-def test_bert_mlm_gradients_match_transformers(backend, shape):
+def test_bert_gradients_match_transformers(masked_lm, backend, shape):
+    """MLM: a cross-entropy of the logits; BertModel: Σ h ⊙ R₁ + Σ pooled ⊙ R₂ (random R), through the pooler."""
     d_model, heads, batch, seq, lengths, seed = shape
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, VOCAB, (batch, seq))
     types = rng.integers(0, 2, (batch, seq))
     attention_mask, key_padding_mask = padding(lengths, seq)
     labels = np.where(key_padding_mask, -100, rng.integers(0, VOCAB, (batch, seq)))
+    r_hidden, r_pooled = rng.standard_normal((batch, seq, d_model)), rng.standard_normal((batch, d_model))
     with tempfile.TemporaryDirectory() as folder:
-        hf = bert_checkpoint(folder, d_model=d_model, heads=heads, masked_lm=True, seed=seed)
+        hf = bert_checkpoint(folder, d_model=d_model, heads=heads, masked_lm=masked_lm, seed=seed)
         out = hf(input_ids=torch.from_numpy(ids), token_type_ids=torch.from_numpy(types),
-                 attention_mask=torch.from_numpy(attention_mask), labels=torch.from_numpy(labels))
-        out.loss.backward()
+                 attention_mask=torch.from_numpy(attention_mask), **({"labels": torch.from_numpy(labels)}
+                                                                     if masked_lm else {}))
+        if masked_lm:
+            out.loss.backward()
+        else:
+            ((out.last_hidden_state * torch.from_numpy(r_hidden)).sum()
+             + (out.pooler_output * torch.from_numpy(r_pooled)).sum()).backward()
         config, _ = read_checkpoint(folder)
         want = bert.to_rosetta(config, TensorSource(hf_gradients(hf), "transformers' gradients"))
         model = load_pretrained(folder, backend=backend, dtype="float64")
-    got = rosetta_loss_gradients(model, backend, lambda rt: model(
-        rt.asarray(ids), token_type_ids=rt.asarray(types), key_padding_mask=rt.asarray(key_padding_mask)), labels)
-    assert_gradients_match(got, want, f"BERT MLM on {backend}")
+
+    def outputs(rt):
+        return model(rt.asarray(ids), token_type_ids=rt.asarray(types), key_padding_mask=rt.asarray(key_padding_mask))
+
+    if masked_lm:
+        got = rosetta_loss_gradients(model, backend, outputs, labels)
+    else:
+        model.zero_grad()
+        hidden, pooled = outputs(NAMESPACES[backend])
+        if backend == "torch":
+            ((hidden * torch.from_numpy(r_hidden)).sum() + (pooled * torch.from_numpy(r_pooled)).sum()).backward()
+        else:
+            model.backward((r_hidden, r_pooled))
+        got = rosetta_gradients(model, backend)
+    assert_gradients_match(got, want, f"BERT ({'MLM' if masked_lm else 'BertModel'}) on {backend}")
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -358,24 +393,24 @@ def test_save_pretrained_reads_back_in_transformers(kind, backend, tmp_path):
         if kind == "MarianMTModel":
             ours = model(rt.asarray(src), rt.asarray(tgt), src_key_padding_mask=mask, memory_key_padding_mask=mask)
         else:
-            ours = model(rt.asarray(src), key_padding_mask=mask)
+            ours = rosetta_outputs(rt, model(rt.asarray(src), key_padding_mask=mask))
     save_pretrained(model, tmp_path / "out")
     config = json.loads(Path(tmp_path / "out" / "config.json").read_text())
     assert config["architectures"] == [kind]
     dropout = "dropout" if kind == "MarianMTModel" else "hidden_dropout_prob"  # built without, written back
     assert config[dropout] == 0.1
     cls = getattr(transformers, kind)
-    extra = {"add_pooling_layer": False} if kind == "BertModel" else {}
-    hf = cls.from_pretrained(tmp_path / "out", **extra).double().eval()
+    hf = cls.from_pretrained(tmp_path / "out").double().eval()
     with torch.no_grad():
         if kind == "MarianMTModel":
             exact_positions(hf)
             theirs = hf(input_ids=torch.from_numpy(src), attention_mask=torch.from_numpy(attention_mask),
                         decoder_input_ids=torch.from_numpy(tgt)).logits
+            ours, theirs = {"logits": rt.to_numpy(ours)}, {"logits": theirs.numpy()}
         else:
-            out = hf(input_ids=torch.from_numpy(src), attention_mask=torch.from_numpy(attention_mask))
-            theirs = out.logits if kind == "BertForMaskedLM" else out.last_hidden_state
-    assert relative_error(rt.to_numpy(ours), theirs.numpy()) <= HF_LOGITS_TOL
+            theirs = hf_outputs(hf(input_ids=torch.from_numpy(src), attention_mask=torch.from_numpy(attention_mask)))
+    for name in theirs:
+        assert relative_error(ours[name], theirs[name]) <= HF_LOGITS_TOL, f"{kind} {name} after the round trip"
     again = load_pretrained(tmp_path / "out", backend="numpy", dtype="float64")  # and Rosetta reads its own export
     assert sorted(again.state_dict()) == sorted(model.state_dict())
 
@@ -390,7 +425,7 @@ def folders(tmp_path_factory):
     bert_checkpoint(root / "bert", d_model=16, heads=2, masked_lm=True, seed=0)
     transformers.BertModel(transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=MAX_LEN)).save_pretrained(root / "bert_pooler")  # with its pooler
+        max_position_embeddings=MAX_LEN), add_pooling_layer=False).save_pretrained(root / "bert_no_pooler")
     marian_checkpoint(root / "marian", d_model=16, heads=2, seed=0)
     return root
 
@@ -434,6 +469,7 @@ def edit(tensors: dict, name: str, change):
     ("bert", "bert.encoder.layer.1.attention.self.key.weight", "drop"),
     ("bert", "cls.predictions.transform.dense.weight", "reshape"),
     ("bert", "cls.seq_relationship.weight", "add"),  # the next-sentence head: not EncoderModel's
+    ("bert", "bert.pooler.dense.weight", "add"),  # a pretraining checkpoint's pooler beside the MLM head
     ("bert", "cls.predictions.decoder.weight", "tied copy"),
     ("marian", "model.decoder.layers.0.encoder_attn.k_proj.bias", "drop"),
     ("marian", "final_logits_bias", "reshape"),
@@ -454,14 +490,16 @@ def test_tensor_problems_are_refused_by_name(folders, tmp_path, kind, name, chan
         load_pretrained(tmp_path)
 
 
-def test_bert_pooler_is_refused_with_advice(folders):
-    with pytest.raises(ValueError, match=r"pooler\.dense\.weight.*add_pooling_layer=False"):
-        load_pretrained(folders / "bert_pooler")
+def test_bert_model_without_its_pooler_is_refused_with_the_reason(folders):
+    with pytest.raises(ValueError, match=r"pooler\.dense\.weight' is missing.*add_pooling_layer=False"):
+        load_pretrained(folders / "bert_no_pooler")
 
 
 def test_export_refuses_models_without_a_checkpoint_equivalent():
     with pytest.raises(ValueError, match="head='linear'"):
         bert.from_rosetta(reference.EncoderModel(VOCAB, 16, 2, 32, 1, seed=0))
+    with pytest.raises(ValueError, match="pooler=True"):
+        bert.from_rosetta(reference.EncoderModel(VOCAB, 16, 2, 32, 1, head=None, seed=0))
     with pytest.raises(ValueError, match="final_norm=False"):
         marian.from_rosetta(reference.Transformer(VOCAB, VOCAB, 16, 2, 32, 1, 1, tie_embeddings=True, padding_idx=1,
                                                   seed=0))

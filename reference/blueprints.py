@@ -334,13 +334,15 @@ class EncoderModelBlueprint:
     or None (no head: the model returns the hidden states, as Hugging Face's BertModel).
     tie_embeddings=True: mlm_head.weight is embedding.weight (one Parameter, listed once under
     that name); mlm_head.bias stays. padding_idx: the token id whose embedding row gets no
-    gradient from the lookup (torch's nn.Embedding padding_idx).
+    gradient from the lookup (torch's nn.Embedding padding_idx). pooler=True (with head=None,
+    Hugging Face's BertModel): a submodule pooler (Linear d → d), and the model returns
+    (hidden states, tanh(pooler(hidden[:, 0]))).
     """
 
     def __init__(self, vocab_size: int, d_model: int, num_heads: int, d_ff: int, num_layers: int,
                  dropout: float = 0.1, activation: str = "gelu", max_len: int = 512, num_token_types: int = 0,
-                 layer_norm_eps: float = 1e-12, head="linear", tie_embeddings: bool = False, padding_idx=None, *,
-                 seed=None, dtype=None):
+                 layer_norm_eps: float = 1e-12, head="linear", tie_embeddings: bool = False, padding_idx=None,
+                 pooler: bool = False, *, seed=None, dtype=None):
         super().__init__()
         nn = self.catalogue
         (self.vocab_size, self.d_model, self.max_len,
@@ -350,6 +352,9 @@ class EncoderModelBlueprint:
         self.tie_embeddings = check_flag("tie_embeddings", tie_embeddings)
         if self.tie_embeddings and head is None:
             raise ValueError("tie_embeddings=True needs a head (head='linear' or 'transform'), got head=None")
+        if check_flag("pooler", pooler) and head is not None:
+            raise ValueError(f"pooler=True needs head=None (the model returns the hidden states and the pooled "
+                             f"first token), got head={head!r}")
         dtype = self._set_dtype(dtype)
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx, seed=child_seed(seed, "embedding"),
                                       dtype=dtype)
@@ -375,6 +380,9 @@ class EncoderModelBlueprint:
             self.mlm_head = nn.Linear(d_model, vocab_size, True, seed=child_seed(seed, "mlm_head"), dtype=dtype)
             if self.tie_embeddings:
                 self.mlm_head.weight = self.embedding.weight  # (V, d)  one Parameter, two uses
+        self.pooler = None
+        if pooler:  # BERT's pooler: tanh(h[:, 0] W_pᵀ + b_p)
+            self.pooler = nn.Linear(d_model, d_model, True, seed=child_seed(seed, "pooler"), dtype=dtype)
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, d_model={self.d_model}, num_token_types={self.num_token_types}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .blueprints import EncoderModelBlueprint
-from .checks import check_padding_mask, check_token_input, check_token_type_ids
+from .checks import check_padding_mask, check_token_input, check_token_type_ids, describe
 from .module import Module
 
 
@@ -26,7 +26,8 @@ class EncoderModel(EncoderModelBlueprint, Module):
     keyword inputs and get no gradient. Tables start as N(0, 0.02²), as BERT's.
 
     head="transform" (BERT): logits = LayerNorm(φ(h W_tᵀ + b_t)) W_mᵀ + b_m, backward in reverse;
-    head=None: the output is h. Tied (tie_embeddings=True): W_m is E, and E.grad adds the
+    head=None: the output is h; with pooler=True it is (h, p), p = tanh(h[:, 0] W_pᵀ + b_p) (B, d),
+    and backward takes (dh, dp): dh[:, 0] += pooler.backward(dp ⊙ (1 − p²)). Tied (tie_embeddings=True): W_m is E, and E.grad adds the
     head's term to the lookup's (each use calls accumulate_grad on the one Parameter).
 
     Submodules: embedding, positional, token_type (if num_token_types > 0), embedding_norm,
@@ -44,6 +45,10 @@ class EncoderModel(EncoderModelBlueprint, Module):
             e = e + self.token_type(self.xp.zeros_like(ids) if types is None else types)  # (B, N, d)  + T[types]
         x0 = self.embedding_norm(e)  # (B, N, d)
         h = self.encoder(x0, src_key_padding_mask=key_padding_mask)  # (B, N, d)  dropout, then the layers
+        if self.pooler is not None:  # pooler=True: (h, tanh(h[:, 0] W_pᵀ + b_p))
+            pooled = self.xp.tanh(self.pooler(h[:, 0]))  # (B, d)
+            self.save_for_backward(shape=h.shape, pooled=pooled)
+            return h, pooled
         if self.mlm_head is None:  # head=None: the hidden states are the output
             self.save_for_backward(shape=h.shape)
             return h
@@ -55,7 +60,23 @@ class EncoderModel(EncoderModelBlueprint, Module):
         return logits
 
     def backward(self, grad_output):
+        if self.pooler is not None:  # grad_output = (dh, d pooled)
+            return self._pooled_backward(grad_output)
         dout = self.check_grad_output(grad_output, self.saved()["shape"])  # (B, N, V), or (B, N, d) without a head
+        return self._backward_from(dout)
+
+    def _pooled_backward(self, grad_output):
+        saved = self.saved()
+        if not isinstance(grad_output, (tuple, list)) or len(grad_output) != 2:
+            raise TypeError(f"grad_output must be a pair (d hidden, d pooled) for a model with a pooler, got "
+                            f"{describe(grad_output)}")
+        pooled = saved["pooled"]  # (B, d)
+        dh = self.check_grad_output(grad_output[0], saved["shape"]) + 0  # (B, N, d)  a copy, written below
+        dpooled = self.check_grad_output(grad_output[1], pooled.shape, "grad_output[1]")  # (B, d)
+        dh[:, 0] += self.pooler.backward(dpooled * (1 - pooled * pooled))  # ← from tanh(h[:, 0] W_pᵀ + b_p)
+        return self._backward_from(dh)
+
+    def _backward_from(self, dout):
         dh = dout if self.mlm_head is None else self.mlm_head.backward(dout)  # (B, N, d)  ← from z W_mᵀ + b_m
         if self.mlm_transform is not None:  # ← from z = LayerNorm(φ(h W_tᵀ + b_t)), in reverse
             dh = self.mlm_transform.backward(self.mlm_activation.backward(self.mlm_norm.backward(dh)))  # (B, N, d)

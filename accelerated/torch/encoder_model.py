@@ -33,6 +33,8 @@ class EncoderModel(EncoderModelBlueprint, TiedStateDict, Module):
             e = e + self.token_type(torch.zeros_like(ids) if types is None else types)  # (B, N, d)  + T[types]
         x0 = self.embedding_norm(e)  # (B, N, d)
         h = self.encoder(x0, src_key_padding_mask=key_padding_mask)  # (B, N, d)  dropout, then the layers
+        if self.pooler is not None:  # pooler=True (BERT's): (h, tanh(h[:, 0] W_pᵀ + b_p))
+            return h, torch.tanh(self.pooler(h[:, 0]))
         if self.mlm_head is None:  # head=None: the hidden states are the output
             return h
         if self.mlm_transform is not None:  # head="transform" (BERT): LayerNorm(φ(h W_tᵀ + b_t))

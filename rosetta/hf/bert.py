@@ -2,9 +2,10 @@
 
 BERT is Rosetta's encoder-only model: E[ids] + P[:N] + T[types] (learned positions, token types),
 an embedding LayerNorm, post-norm layers (LayerNorm ε = layer_norm_eps, exact GELU), no final
-norm. ``BertModel`` maps to ``head=None`` (the output is the last hidden state);
-``BertForMaskedLM`` to ``head="transform"`` (dense, φ, LayerNorm, then the decoder tied to the
-word embeddings with its own bias ``cls.predictions.bias``).
+norm. ``BertModel`` maps to ``head=None, pooler=True``: the model returns (hidden states,
+tanh(W h[CLS] + b)), transformers' (last_hidden_state, pooler_output). ``BertForMaskedLM`` maps
+to ``head="transform"``: dense, φ, LayerNorm, then the decoder tied to the word embeddings with
+its own bias ``cls.predictions.bias``; it returns the MLM logits.
 
 Tensor names (Hugging Face -> Rosetta; BertForMaskedLM prefixes the body with ``bert.``; i the layer):
 
@@ -14,15 +15,16 @@ Tensor names (Hugging Face -> Rosetta; BertForMaskedLM prefixes the body with ``
     encoder.layer.i.attention.output.dense / LayerNorm     encoder.layers.i.self_attn.out_proj / norm1
     encoder.layer.i.intermediate.dense / output.dense      encoder.layers.i.feed_forward.linear1 / linear2
     encoder.layer.i.output.LayerNorm                       encoder.layers.i.norm2
+    pooler.dense (BertModel)                               pooler
     cls.predictions.transform.dense / LayerNorm            mlm_transform / mlm_norm
     cls.predictions.bias (= cls.predictions.decoder.bias)  mlm_head.bias
     cls.predictions.decoder.weight (tied: not stored)      mlm_head.weight (tied: embedding.weight)
 
 Refused by name: is_decoder / add_cross_attention (BERT as a decoder), position_embedding_type
 other than "absolute", an unknown hidden_act, any config field rosetta does not know (folder.check_known_fields), other
-architectures (next-sentence, classification heads), and any tensor left over, among them BertModel's pooler
-(``pooler.dense``: tanh(W h[CLS] + b), which EncoderModel does not have; save BertModel with
-``add_pooling_layer=False``) and the next-sentence head (``cls.seq_relationship``).
+architectures (next-sentence, classification heads), a BertModel saved without its pooler (``add_pooling_layer=False``), and
+any tensor left over, among them a masked-LM checkpoint's pooler and next-sentence head
+(``bert.pooler``, ``cls.seq_relationship``: pretraining checkpoints such as bert-base-uncased).
 Dropout acts only in training and BERT places it differently from Rosetta's one rate (none in
 the feed-forward network): the model is built without dropout, the rates stay in the config.
 """
@@ -71,6 +73,7 @@ def arguments(config: dict) -> dict:
     # inside the feed-forward network where rosetta's one dropout probability also acts: the model is built
     # without dropout (inference is unaffected); the values stay in the config and are written back
     return dict(
+        pooler=head is None,  # BertModel: (last hidden state, pooler output)
         vocab_size=require(config, "vocab_size"), d_model=require(config, "hidden_size"),
         num_heads=require(config, "num_attention_heads"), d_ff=require(config, "intermediate_size"),
         num_layers=require(config, "num_hidden_layers"), dropout=0.0,
@@ -95,11 +98,17 @@ def to_rosetta(config: dict, source) -> dict:
     architecture = check_architecture(config, ARCHITECTURES)
     prefix = ARCHITECTURES[architecture][1]
     d, V, d_ff, L = args["d_model"], args["vocab_size"], args["d_ff"], args["max_len"]
-    if "pooler.dense.weight" in source or f"{prefix}pooler.dense.weight" in source:
-        raise ValueError(f"{source.where}: tensor 'pooler.dense.weight' is BERT's pooler (tanh(W h[CLS] + b), for "
-                         f"next-sentence or classification heads), which EncoderModel does not have; save BertModel "
-                         f"with add_pooling_layer=False, or drop the pooler tensors")
     out = {}
+    if args["pooler"]:
+        if "pooler.dense.weight" not in source:
+            raise ValueError(f"{source.where}: tensor 'pooler.dense.weight' is missing: rosetta reads a BertModel with "
+                             f"its pooler (transformers' default; a model saved with add_pooling_layer=False has none, "
+                             f"and transformers' from_pretrained would fill it with random weights)")
+        take_linear(source, "pooler.dense", out, "pooler", d, d)
+    elif f"{prefix}pooler.dense.weight" in source:
+        raise ValueError(f"{source.where}: tensor '{prefix}pooler.dense.weight' is BERT's pooler (tanh(W h[CLS] + b), "
+                         f"for next-sentence or classification heads), which a masked-LM EncoderModel does not have "
+                         f"(pretraining checkpoints also carry the next-sentence head cls.seq_relationship)")
     at = f"{prefix}embeddings"
     out["embedding.weight"] = source.take(f"{at}.word_embeddings.weight", (V, d))
     out["positional.weight"] = source.take(f"{at}.position_embeddings.weight", (L, d))
@@ -175,6 +184,10 @@ def from_rosetta(model) -> tuple[dict, dict]:
         put(f"{to}.intermediate.dense", f"{at}.feed_forward.linear1")
         put(f"{to}.output.dense", f"{at}.feed_forward.linear2")
         put(f"{to}.output.LayerNorm", f"{at}.norm2")
+    if model.pooler is not None:
+        put("pooler.dense", "pooler")
+    elif model.head is None:
+        raise ValueError("a BertModel checkpoint holds the pooler: export an EncoderModel built with pooler=True")
     if model.head == "transform":
         put("cls.predictions.transform.dense", "mlm_transform")
         put("cls.predictions.transform.LayerNorm", "mlm_norm")
