@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from reference.checks import check_vocabulary
 
 from .checks import check_size, check_tensor, check_token_ids, dtype_kind
@@ -23,7 +25,8 @@ class EmbeddedStack(Module):
         if from_ids:
             check_vocabulary(name, x, self.embedding is not None, self.d_model)
             check_tensor(name, x, ndim=2)
-            check_token_ids(name, x, self.embedding.num_embeddings)  # by the caller's name, not "ids"
+            if not torch.compiler.is_compiling():  # compiled: the model checks at its entry, not mid-graph
+                check_token_ids(name, x, self.embedding.num_embeddings)  # by the caller's name, not "ids"
             x = self.embedding(x)  # (B, N, d)  E[ids] (·√d with scale_embedding)
         else:
             check_tensor(name, x, ndim=3, dtype=self.dtype)
