@@ -28,6 +28,7 @@ import numpy as np
 
 from .checks import (  # noqa: F401  (check_compute_dtype, compute_dtypes: their old home was here)
     check_array,
+    check_batch,
     check_compute_dtype,
     check_divisible,
     check_eps,
@@ -117,6 +118,33 @@ def check_layer_masks(attention, x, memory, attn_mask, key_padding_mask, names: 
     B, L = x.shape[0], x.shape[1]
     S = memory.shape[1] if memory is not None else L + (0 if cache is None else cache.seen(attention))
     check_mha_masks(attn_mask, key_padding_mask, (B, attention.num_heads, L, S), check, names)
+
+
+def check_encoder_layer_inputs(layer, check, src, src_mask, src_key_padding_mask, is_causal, cache) -> None:
+    """EncoderLayer.forward's arguments, checked under the layer's own names before its sub-layers see them.
+
+    check: the backend's array check (ArrayOps.check); cache: already checked by the backend's check_cache.
+    """
+    check("src", src, ndim=3, kind="f", dtype=layer.dtype)
+    check_size("src", src, -1, layer.d_model, "d_model")
+    check_flag("is_causal", is_causal)
+    check_layer_masks(layer.self_attn, src, None, src_mask, src_key_padding_mask,
+                      ("src_mask", "src_key_padding_mask"), cache, check)
+
+
+def check_decoder_layer_inputs(layer, check, tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+                               memory_key_padding_mask, tgt_is_causal, cache) -> None:
+    """DecoderLayer.forward's arguments, checked under the layer's own names (see check_encoder_layer_inputs)."""
+    check("tgt", tgt, ndim=3, kind="f", dtype=layer.dtype)
+    check_size("tgt", tgt, -1, layer.d_model, "d_model")
+    check("memory", memory, ndim=3, kind="f", dtype=layer.dtype)
+    check_size("memory", memory, -1, layer.d_model, "d_model")
+    check_batch("memory", memory, tgt.shape[0], "tgt's")
+    check_flag("tgt_is_causal", tgt_is_causal)
+    check_layer_masks(layer.self_attn, tgt, None, tgt_mask, tgt_key_padding_mask,
+                      ("tgt_mask", "tgt_key_padding_mask"), cache, check)
+    check_layer_masks(layer.cross_attn, tgt, memory, memory_mask, memory_key_padding_mask,
+                      ("memory_mask", "memory_key_padding_mask"), cache, check)
 
 
 def check_latent_config(d_model, num_heads, num_latents, dropout) -> tuple:

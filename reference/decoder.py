@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .attention_inputs import array_check, check_layer_masks
+from .attention_inputs import array_check, check_decoder_layer_inputs
 from .blueprints import DecoderBlueprint, DecoderLayerBlueprint
-from .checks import check_array, check_batch, check_flag, check_size
 from .kv_cache import check_cache
 from .module import Module
 from .residual import residual_backward, residual_forward
@@ -30,17 +29,8 @@ class DecoderLayer(DecoderLayerBlueprint, Module):
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, cache=None):
-        check_array("tgt", tgt, ndim=3, kind="f", dtype=self.dtype, xp=self.xp)  # before the inner layers' checks
-        check_size("tgt", tgt, -1, self.d_model, "d_model")
-        check_array("memory", memory, ndim=3, kind="f", dtype=self.dtype, xp=self.xp)
-        check_size("memory", memory, -1, self.d_model, "d_model")
-        check_batch("memory", memory, tgt.shape[0], "tgt's")
-        check_flag("tgt_is_causal", tgt_is_causal)
-        check = array_check(self.xp)
-        check_layer_masks(self.self_attn, tgt, None, tgt_mask, tgt_key_padding_mask,
-                          ("tgt_mask", "tgt_key_padding_mask"), check_cache(cache), check)
-        check_layer_masks(self.cross_attn, tgt, memory, memory_mask, memory_key_padding_mask,
-                          ("memory_mask", "memory_key_padding_mask"), cache, check)
+        check_decoder_layer_inputs(self, array_check(self.xp), tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+                                   memory_key_padding_mask, tgt_is_causal, check_cache(cache))  # under these names
 
         def self_attention(h):  # (B, T, d) -> (B, T, d)
             return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,

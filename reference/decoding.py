@@ -1,4 +1,4 @@
-"""Decoding: greedy and beam search for the Transformer, temperature/top-k sampling for the language model."""
+"""Decoding: greedy and beam search for the Transformer, temperature/top-k/top-p sampling for the language model."""
 
 from __future__ import annotations
 
@@ -148,23 +148,29 @@ def beam_search_on(backend, model, src, max_len, bos_id, eos_id, beam_size=4, le
     return tokens[b, order], scores[b, order]
 
 
-def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None, use_cache=True):
+def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None, use_cache=True, *,
+             top_p=None):
     r"""Continue each prompt of a DecoderLM by sampling (or greedy picking) one token at a time.
 
-    p = softmax(logits / temperature) over the top_k most likely tokens (all when None);
-    temperature = 0 picks the argmax (greedy). Sampling is by inverse CDF with one uniform per
-    row from numpy's default_rng(seed): the same seed gives the same tokens. With eos_id a
-    row stops at its first EOS (later positions are eos_id) and generation stops when every
-    row has. With use_cache=True the prompt is fed once, then one token per step.
+    p = softmax(logits / temperature) over the top_k most likely tokens (all when None), then
+    over the nucleus: the smallest set of most likely tokens whose probability sums to >= top_p
+    (at least one; None or 1: all), renormalized. This is transformers' order (temperature,
+    top-k, top-p); ties rank the lower id first, as argmax does. temperature = 0 picks the
+    argmax (greedy). top_p is keyword-only (the positional order predates it), 0 < top_p <= 1.
+    Sampling is by inverse CDF with one uniform per row from numpy's default_rng(seed): the same
+    seed gives the same tokens. With eos_id a row stops at its first EOS (later positions are
+    eos_id) and generation stops when every row has. With use_cache=True the prompt is fed once,
+    then one token per step.
 
     prompt (B, P) int ids  →  tokens (B, P + n) int64, n <= max_new_tokens, prompt included.
     The model runs in eval mode (no dropout) during generation; its modes are restored after.
     """
-    return generate_on(REFERENCE, model, prompt, max_new_tokens, temperature, top_k, eos_id, seed, use_cache)
+    return generate_on(REFERENCE, model, prompt, max_new_tokens, temperature, top_k, eos_id, seed, use_cache,
+                       top_p=top_p)
 
 
 def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None,
-                use_cache=True):
+                use_cache=True, *, top_p=None):
     """generate for a model of ``backend`` (a DecodingBackend)."""
     _check_model("model", model, backend.language_model)
     xp = backend.namespace(model)
@@ -184,6 +190,10 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
         top_k = check_positive_int("top_k", top_k)
         if top_k > model.vocab_size:
             raise ValueError(f"top_k must be at most {model.vocab_size} (the vocabulary), got {top_k}")
+    if top_p is not None:
+        top_p = _check_real("top_p", top_p, minimum=0.0)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1] (a probability mass), got {top_p}")
     if eos_id is not None:
         eos_id = _check_token("eos_id", eos_id, model.vocab_size)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
@@ -198,7 +208,7 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
         step = tokens  # the first step feeds the whole prompt
         for _ in range(max_new_tokens):
             logits = model(step, cache=cache)[:, -1]  # (B, V)  the next token's logits
-            next_token = _pick(logits, temperature, top_k, rng, xp)  # (B,)
+            next_token = _pick(logits, temperature, top_k, rng, xp, top_p)  # (B,)
             if eos_id is not None:
                 next_token = xp.where(finished, eos_id, next_token)  # (B,)  finished rows: padding
                 finished = finished | (next_token == eos_id)  # (B,)
@@ -212,8 +222,8 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
 # ---- helpers ----------------------------------------------------------------------------------
 
 
-def _pick(logits, temperature, top_k, rng, xp):
-    """The next token of each row: argmax (temperature 0) or a sample of softmax(logits / T) over the top k."""
+def _pick(logits, temperature, top_k, rng, xp, top_p=None):
+    """The next token of each row: argmax (temperature 0), or a sample of softmax(logits / T) over top k, then top p."""
     if temperature == 0.0:
         return xp.asarray(xp.argmax(logits, axis=-1), dtype=xp.int64)  # (B,)
     scaled = xp.asarray(logits, dtype=xp.float64) / temperature  # (B, V)
@@ -221,10 +231,29 @@ def _pick(logits, temperature, top_k, rng, xp):
         rank = xp.argsort(xp.argsort(-scaled, axis=-1, kind="stable"), axis=-1, kind="stable")  # (B, V)
         scaled = xp.where(rank < top_k, scaled, -xp.inf)  # (B, V)
     probs = xp.exp(_log_softmax(scaled, xp))  # (B, V)  0 outside the top k
+    if top_p is not None and top_p < 1.0:  # keep the smallest most-likely set of mass >= top_p
+        scaled = xp.where(_nucleus(probs, top_p, xp), scaled, -xp.inf)  # (B, V)
+        probs = xp.exp(_log_softmax(scaled, xp))  # (B, V)  renormalized over the nucleus
     cdf = xp.cumsum(probs, axis=-1)  # (B, V)  non-decreasing, ends at ≈ 1
     u = xp.asarray(rng.random(probs.shape[0])) * cdf[:, -1]  # (B,)  uniform in [0, total)
     index = xp.sum(cdf <= u[:, None], axis=-1)  # (B,)  first v with cdf[v] > u
     return xp.asarray(xp.minimum(index, probs.shape[-1] - 1), dtype=xp.int64)  # (B,)
+
+
+def _nucleus(probs, top_p, xp):
+    """(B, V) bool: True at the tokens of each row's nucleus.
+
+    Sorted by probability (descending; ties: the lower id first), token i is kept iff the mass
+    of the tokens before it is < top_p, so the most likely token always is, and the kept set is
+    the smallest whose mass reaches top_p (transformers' TopPLogitsWarper, min_tokens_to_keep=1).
+    """
+    B = probs.shape[0]
+    rows = xp.arange(B)[:, None]  # (B, 1)
+    order = xp.argsort(-probs, axis=-1, kind="stable")  # (B, V)  most likely first
+    mass = xp.cumsum(probs[rows, order], axis=-1)  # (B, V)  mass of the first i + 1 in that order
+    keep_sorted = xp.concatenate([xp.full((B, 1), True, dtype=bool), mass[:, :-1] < top_p], axis=1)  # (B, V)
+    rank = xp.argsort(order, axis=-1, kind="stable")  # (B, V)  each token's place in the order
+    return keep_sorted[rows, rank]  # (B, V)
 
 
 def _log_softmax(x, xp):

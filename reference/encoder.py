@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .attention_inputs import array_check, check_layer_masks
+from .attention_inputs import array_check, check_encoder_layer_inputs, check_layer_masks
 from .blueprints import EncoderBlueprint, EncoderLayerBlueprint
-from .checks import check_array, check_flag, check_size
 from .kv_cache import check_cache
 from .module import Module
 from .residual import residual_backward, residual_forward
@@ -27,11 +26,8 @@ class EncoderLayer(EncoderLayerBlueprint, Module):
     """
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False, cache=None):
-        check_array("src", src, ndim=3, kind="f", dtype=self.dtype, xp=self.xp)  # before the inner layers' checks
-        check_size("src", src, -1, self.d_model, "d_model")
-        check_flag("is_causal", is_causal)
-        check_layer_masks(self.self_attn, src, None, src_mask, src_key_padding_mask,
-                          ("src_mask", "src_key_padding_mask"), check_cache(cache), array_check(self.xp))
+        check_encoder_layer_inputs(self, array_check(self.xp), src, src_mask, src_key_padding_mask, is_causal,
+                                   check_cache(cache))  # under these names, before the sub-layers' own checks
 
         def self_attention(h):  # (B, N, d) -> (B, N, d)
             return self.self_attn(

@@ -5,6 +5,7 @@
     tasks.py        the synthetic tasks (copy, reverse, sort) and their vocabulary
     checkpoint.py   safetensors checkpoints: written atomically, checked on load
     interop.py      weights from torch.nn's Transformer modules into Rosetta modules
+    hf/             Hugging Face checkpoint folders (BERT, GPT-2, Llama, Mistral, Qwen2, Marian) in and out
     bench/          the benchmark suites (``rosetta bench``, ``python -m rosetta.bench``)
 
 It sits on top: it may import ``accelerated`` and ``reference``; neither imports it.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from reference import decoder as reference
-from reference.attention_inputs import check_layer_masks
+from reference.attention_inputs import check_decoder_layer_inputs
 from reference.blueprints import DecoderBlueprint, DecoderLayerBlueprint
 from reference.residual import residual_forward
 
-from .checks import check_batch, check_flag, check_size, check_tensor
+from .checks import check_tensor
 from .kv_cache import check_cache
 from .module import Module
 from .stack_input import EmbeddedStack
@@ -26,16 +26,8 @@ class DecoderLayer(DecoderLayerBlueprint, Module):
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, cache=None):
-        check_tensor("tgt", tgt, ndim=3, kind="f", dtype=self.dtype)  # before the inner layers' checks
-        check_size("tgt", tgt, -1, self.d_model, "d_model")
-        check_tensor("memory", memory, ndim=3, kind="f", dtype=self.dtype)
-        check_size("memory", memory, -1, self.d_model, "d_model")
-        check_batch("memory", memory, tgt.shape[0], "tgt's")
-        check_flag("tgt_is_causal", tgt_is_causal)
-        check_layer_masks(self.self_attn, tgt, None, tgt_mask, tgt_key_padding_mask,
-                          ("tgt_mask", "tgt_key_padding_mask"), check_cache(cache), check_tensor)
-        check_layer_masks(self.cross_attn, tgt, memory, memory_mask, memory_key_padding_mask,
-                          ("memory_mask", "memory_key_padding_mask"), cache, check_tensor)
+        check_decoder_layer_inputs(self, check_tensor, tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+                                   memory_key_padding_mask, tgt_is_causal, check_cache(cache))  # under these names
 
         def self_attention(h):  # (B, T, d) -> (B, T, d)
             return self.self_attn(h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask, is_causal=tgt_is_causal,

@@ -124,10 +124,12 @@ def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty
                                     src_key_padding_mask)
 
 
-def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None, use_cache=True):
+def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None, use_cache=True, *,
+             top_p=None):
     """Sample (or, at temperature 0, pick) continuations of a DecoderLM: reference.decoding.generate's algorithm.
 
     The uniforms come from numpy's default_rng(seed), as on the reference, so the same seed and
     weights give the same tokens on every backend. prompt (B, P) → tokens (B, P + n) int64.
     """
-    return reference.generate_on(TORCH, model, prompt, max_new_tokens, temperature, top_k, eos_id, seed, use_cache)
+    return reference.generate_on(TORCH, model, prompt, max_new_tokens, temperature, top_k, eos_id, seed, use_cache,
+                                 top_p=top_p)

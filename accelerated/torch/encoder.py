@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from reference import encoder as reference
-from reference.attention_inputs import check_layer_masks
+from reference.attention_inputs import check_encoder_layer_inputs
 from reference.blueprints import EncoderBlueprint, EncoderLayerBlueprint
 from reference.residual import residual_forward
 
-from .checks import check_flag, check_size, check_tensor
+from .checks import check_tensor
 from .kv_cache import check_cache
 from .module import Module
 from .stack_input import EmbeddedStack
@@ -26,11 +26,8 @@ class EncoderLayer(EncoderLayerBlueprint, Module):
     """
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False, cache=None):
-        check_tensor("src", src, ndim=3, kind="f", dtype=self.dtype)  # before the inner layers' checks
-        check_size("src", src, -1, self.d_model, "d_model")
-        check_flag("is_causal", is_causal)
-        check_layer_masks(self.self_attn, src, None, src_mask, src_key_padding_mask,
-                          ("src_mask", "src_key_padding_mask"), check_cache(cache), check_tensor)
+        check_encoder_layer_inputs(self, check_tensor, src, src_mask, src_key_padding_mask, is_causal,
+                                   check_cache(cache))  # under these names, before the sub-layers' own checks
 
         def self_attention(h):  # (B, N, d) -> (B, N, d)
             return self.self_attn(h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal,

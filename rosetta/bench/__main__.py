@@ -1,4 +1,4 @@
-"""``python -m rosetta.bench {attention,training,cpu,dispatch} [options]`` (also ``rosetta bench ...``)."""
+"""``python -m rosetta.bench {attention,training,cpu,dispatch,real-models} [options]`` (also ``rosetta bench ...``)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,17 @@ def build_parser(parser=None):
     dispatch = sub.add_parser("dispatch", help="kernels, host syncs and compile graph breaks per training step (CPU)")
     dispatch.add_argument("--reps", type=int, default=30, help="timed steps per row")
     dispatch.add_argument("--no-compile-check", action="store_true", help="skip torch._dynamo.explain")
-    for p in (att, tr, cpu, dispatch):
+    real = sub.add_parser("real-models", help="BERT-base / GPT-2-small-sized random models vs transformers (CPU)")
+    real.add_argument("--threads", type=_ints, default=(1, 2), help="thread settings, e.g. 1,2")
+    real.add_argument("--layers", type=int, help="layers of both models (default 12: the real sizes)")
+    real.add_argument("--batch", type=int, default=2)
+    real.add_argument("--seq", type=int, default=128)
+    real.add_argument("--warmup", type=int, default=1)
+    real.add_argument("--reps", type=int, default=3)
+    real.add_argument("--prompt-len", type=int, default=16)
+    real.add_argument("--new-tokens", type=int, default=32)
+    real.add_argument("--gen-reps", type=int, default=3)
+    for p in (att, tr, cpu, dispatch, real):
         p.add_argument("--out", default=common.DEFAULT_OUT, help=f"folder for JSON and PNG (default {common.DEFAULT_OUT})")
     return parser
 
@@ -72,6 +82,11 @@ def run(args) -> int:
         from . import dispatch as suite
 
         document = suite.run(reps=args.reps, compile_check=not args.no_compile_check)
+    elif args.suite == "real-models":
+        from . import real_models as suite
+
+        document = suite.run(args.threads, args.layers, args.batch, args.seq, args.warmup, args.reps,
+                             args.prompt_len, args.new_tokens, gen_reps=args.gen_reps)
     else:
         from . import cpu as suite
 
@@ -81,7 +96,7 @@ def run(args) -> int:
     document["command"] = "python -m rosetta.bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else document["command"]
     print(suite.report(document))
     out.mkdir(parents=True, exist_ok=True)
-    name = args.suite
+    name = args.suite.replace("-", "_")
     if args.suite == "training":
         name = f"training_{args.config}" + {"both": "", "no": "_eager", "yes": "_compiled"}[args.compiled]
     png = out / f"{name}.png"
@@ -91,6 +106,8 @@ def run(args) -> int:
         drawn = plots.bars(document, png, "label", f"training step, config {args.config}, {document['device']['name']}")
     elif args.suite == "dispatch":
         drawn = plots.dispatch_plot(document, png)
+    elif args.suite == "real-models":
+        drawn = suite.plot(document, png)
     else:
         drawn = plots.bars(document, png, lambda r: f"{r['implementation']}\n{r['threads']} thr.",
                            f"CPU training step ({document['config']['preset']} preset), {document['device']['name']}")
