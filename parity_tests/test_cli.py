@@ -18,7 +18,7 @@ def test_every_command_is_listed(capsys):
         main(["--help"])
     assert done.value.code == 0
     listed = capsys.readouterr().out
-    for command in ("train", "decode", "plot-attention", "gradcheck", "info", "bench"):
+    for command in ("train", "decode", "plot-attention", "gradcheck", "info", "bench", "generate", "embed"):
         assert command in listed
 
 

@@ -53,6 +53,12 @@ def add_training_commands(sub) -> None:
     add_commands(sub)
 
 
+def add_model_commands(sub) -> None:
+    from .generate import add_commands
+
+    add_commands(sub)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="rosetta", description="Rosetta Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +70,7 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="backends, devices and versions")
     info.set_defaults(run=_info)
     add_training_commands(sub)  # train, decode, plot-attention
+    add_model_commands(sub)  # generate, embed (Hugging Face folders)
     bench = sub.add_parser("bench", help="benchmarks (python -m rosetta.bench): attention, training, cpu, dispatch",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

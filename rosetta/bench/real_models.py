@@ -5,6 +5,9 @@ A random checkpoint of each size is built with transformers from its config, wri
 reference (NumPy) and on accelerated.torch, float32. Side by side in one run, at each thread setting
 (threadpoolctl holds NumPy's BLAS, ``torch.set_num_threads`` torch's pool):
 
+Every implementation of a row group is loaded first, then timed in rounds (one call of each per
+round; ``time_interleaved``), so that the load of a shared machine falls on all of them alike.
+
 * training pass = forward + cross-entropy + backward (no optimizer), gradients cleared before each:
   BERT (``BertForMaskedLM``): the MLM logits against random labels at every position;
   GPT-2 (``GPT2LMHeadModel``): the LM loss, logits of tokens 0..N-2 against tokens 1..N-1.
@@ -193,15 +196,23 @@ def generation_runner(implementation: str, folder, prompt, new_tokens: int):
 
 # ---- the suite ---------------------------------------------------------------------------------
 
-def _time(fn, warmup: int, reps: int) -> dict:
-    """common.time_cpu, and the last call's result."""
-    result = [None]
+def time_interleaved(calls: dict, warmup: int, reps: int):
+    """({name: common.summarize of its per-call ms}, {name: its last result}).
 
-    def call():
-        result[0] = fn()
-
-    timing = common.time_cpu(call, warmup, reps)
-    return timing, result[0]
+    Every call is warmed up, then the reps run in rounds, one call of each per round (the order
+    rotated each round), so that a change in the machine's load falls on every row alike."""
+    last = {}
+    for name, fn in calls.items():
+        for _ in range(warmup):
+            last[name] = fn()
+    times = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            last[name] = calls[name]()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: common.summarize(t) for name, t in times.items()}, last
 
 
 def _threads_all(threads):
@@ -214,7 +225,9 @@ def run(thread_settings=(1, 2), layers=None, batch: int = 2, seq: int = 128, war
         sizes=None, progress=print) -> dict:
     """Measure every implementation at each thread setting; returns the JSON document (not yet written)."""
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would fill the table's output
     results, generation = [], []
     progress = progress or (lambda *_: None)
     with tempfile.TemporaryDirectory(prefix="rosetta-bench-real-") as tmp:
@@ -225,44 +238,52 @@ def run(thread_settings=(1, 2), layers=None, batch: int = 2, seq: int = 128, war
                     folder = Path(tmp) / name
                     vocab = configs[name]["vocab_size"]
                     ids, targets = _inputs(name, vocab, batch, seq)
-                    rows = {}
+                    start = time.perf_counter()
+                    steps, params = {}, {}
                     for implementation in IMPLEMENTATIONS:
-                        start = time.perf_counter()
                         if implementation == "reference":
-                            step, params, model = rosetta_pass("numpy", folder, name, ids, targets)
+                            steps[implementation], params[implementation], _ = rosetta_pass(
+                                "numpy", folder, name, ids, targets)
                         elif implementation == "accelerated.torch":
-                            step, params, model = rosetta_pass("torch", folder, name, ids, targets)
+                            steps[implementation], params[implementation], _ = rosetta_pass(
+                                "torch", folder, name, ids, targets)
                         else:
                             attention = implementation.split("(")[1].rstrip(")")
-                            step, params, model = transformers_pass(folder, name, attention, ids, targets)
-                        timing, loss = _time(step, warmup, reps)
+                            steps[implementation], params[implementation], _ = transformers_pass(
+                                folder, name, attention, ids, targets)
+                    timings, losses = time_interleaved(steps, warmup, reps)
+                    del steps
+                    gc.collect()
+                    rows = {}
+                    for implementation in IMPLEMENTATIONS:
+                        timing, loss = timings[implementation], losses[implementation]
                         row = {"model": name, "task": "forward+backward", "implementation": implementation,
-                               "threads": threads, "parameters": params, "batch": batch, "seq": seq,
+                               "threads": threads, "parameters": params[implementation], "batch": batch, "seq": seq,
                                "loss": float(loss.detach() if hasattr(loss, "detach") else loss),
                                "tokens_per_s": batch * seq / timing["median_ms"] * 1e3, **timing}
                         rows[implementation] = row
                         results.append(row)
-                        del step, model
-                        gc.collect()
                         progress(f"  {name} {implementation:24s} {threads} thr: {timing['median_ms']:9.1f} ms "
-                                 f"(loss {row['loss']:.4f}; {time.perf_counter() - start:.0f} s)")
+                                 f"(loss {row['loss']:.4f})")
+                    progress(f"  ({name}, {threads} thr: {time.perf_counter() - start:.0f} s)")
                     _ratios(rows, "median_ms", lower_is_better=True)
                 if "gpt2" in models:
                     folder = Path(tmp) / "gpt2"
                     prompt = np.random.default_rng(1).integers(0, configs["gpt2"]["vocab_size"], size=(1, prompt_len))
-                    rows, tokens = {}, {}
+                    calls = {implementation: generation_runner(implementation, folder, prompt, new_tokens)[0]
+                             for implementation in IMPLEMENTATIONS}
+                    timings, tokens = time_interleaved(calls, gen_warmup, gen_reps)
+                    del calls
+                    gc.collect()
+                    rows = {}
                     for implementation in IMPLEMENTATIONS:
-                        call, model = generation_runner(implementation, folder, prompt, new_tokens)
-                        timing, out = _time(call, gen_warmup, gen_reps)
-                        tokens[implementation] = out
+                        timing, out = timings[implementation], tokens[implementation]
                         row = {"model": "gpt2", "task": "generation", "implementation": implementation,
                                "threads": threads, "batch": 1, "prompt_len": prompt_len, "new_tokens": new_tokens,
                                "generated": int(out.shape[1] - prompt_len),
                                "tokens_per_s": new_tokens / timing["median_ms"] * 1e3, **timing}
                         rows[implementation] = row
                         generation.append(row)
-                        del call, model
-                        gc.collect()
                         progress(f"  gpt2 generate {implementation:24s} {threads} thr: "
                                  f"{row['tokens_per_s']:8.1f} tokens/s")
                     expected = tokens["transformers (eager)"]
