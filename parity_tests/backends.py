@@ -8,6 +8,7 @@ dtypes it is tested in; the reference always runs in float64 beside it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -100,6 +101,44 @@ def backend_dtype_params(prefix: str = "") -> list:
                      marks=pytest.mark.skipif(not b.available, reason=b.skip_reason or ""))
         for b in BACKENDS.values() if b.name.startswith(prefix) for dtype in b.dtypes
     ]
+
+
+#: the backends one CPU runs side by side: the reference, torch on the CPU, the CuPy backend on the host emulator
+CPU_BACKENDS = ("reference", "torch-cpu", "emulated-cupy")
+#: the dtype each of them computes in (float32-exact inputs, so every backend sees the same values)
+CPU_BACKEND_DTYPE = {"reference": "float64", "torch-cpu": "float64", "emulated-cupy": "float32"}
+
+
+def emulation_missing() -> str | None:
+    """Why the CuPy backend cannot run on the CUDA host emulator here, or None."""
+    from accelerated import cupy_emulator
+
+    return cupy_emulator.unavailable_reason()
+
+
+def cpu_backend_params(include_reference: bool = True) -> list:
+    """pytest params over CPU_BACKENDS; one that cannot run here skips with its reason."""
+    missing = {"reference": None, "torch-cpu": BACKENDS["torch-cpu"].skip_reason, "emulated-cupy": emulation_missing()}
+    reasons = {"emulated-cupy": f"CuPy backend on the CUDA host emulator: {missing['emulated-cupy']}"}
+    return [pytest.param(name, id=name, marks=pytest.mark.skipif(missing[name] is not None,
+                                                                 reason=reasons.get(name, missing[name] or "")))
+            for name in CPU_BACKENDS if include_reference or name != "reference"]
+
+
+@contextlib.contextmanager
+def cpu_namespace(name: str):
+    """The namespace of one of CPU_BACKENDS (the emulated CuPy one only while the block runs)."""
+    if name == "reference":
+        import reference
+
+        yield reference
+    elif name == "torch-cpu":
+        yield BACKENDS["torch-cpu"].rt
+    else:
+        from accelerated import cupy_emulator
+
+        with cupy_emulator.emulated_cupy() as rt:
+            yield rt
 
 
 def torch_dtype(name: str):

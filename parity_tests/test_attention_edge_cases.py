@@ -15,7 +15,6 @@ and the cases enumerated: the whole file runs in seconds.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -23,7 +22,14 @@ import pytest
 
 import reference as R
 from accelerated import cupy_emulator
-from parity_tests.backends import BACKENDS, round_to
+from parity_tests.backends import (
+    BACKENDS,
+    CPU_BACKEND_DTYPE,
+    cpu_backend_params,
+    cpu_namespace,
+    emulation_missing,
+    round_to,
+)
 from parity_tests.tolerances import (
     FLOAT32_ROUNDOFF,
     FORWARD_TOL,
@@ -34,29 +40,11 @@ from parity_tests.tolerances import (
 from reference.attention import masked_softmax
 from reference.flash_attention import FlashAttention, flash_attention_backward, flash_attention_forward
 
-EMULATION_MISSING = cupy_emulator.unavailable_reason()
+EMULATION_MISSING = emulation_missing()
 TORCH_MISSING = BACKENDS["torch-cpu"].skip_reason
-BACKEND_PARAMS = [
-    pytest.param("reference", id="reference"),
-    pytest.param("torch-cpu", id="torch-cpu", marks=pytest.mark.skipif(TORCH_MISSING is not None,
-                                                                       reason=TORCH_MISSING or "")),
-    pytest.param("emulated-cupy", id="emulated-cupy",
-                 marks=pytest.mark.skipif(EMULATION_MISSING is not None,
-                                          reason=f"CuPy backend on the CUDA host emulator: {EMULATION_MISSING}")),
-]
-#: the dtype each backend runs in (inputs are float32-exact, so every backend sees the same values)
-DTYPE = {"reference": "float64", "torch-cpu": "float64", "emulated-cupy": "float32"}
-
-
-@contextlib.contextmanager
-def namespace(backend: str):
-    if backend == "reference":
-        yield R
-    elif backend == "torch-cpu":
-        yield BACKENDS["torch-cpu"].rt
-    else:
-        with cupy_emulator.emulated_cupy() as rt:
-            yield rt
+BACKEND_PARAMS = cpu_backend_params()
+DTYPE = CPU_BACKEND_DTYPE
+namespace = cpu_namespace
 
 
 def numpy(rt, arrays):

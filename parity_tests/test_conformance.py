@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 import reference as R
 from accelerated import cupy_emulator
-from parity_tests.backends import BACKENDS
+from parity_tests.backends import BACKENDS, cpu_namespace
 from parity_tests.strategies import examples, heads_config, layer_config, normal, seeds
 from parity_tests.tolerances import ERROR_FLOOR, FORWARD_TOL, GRADIENT_SCALE_FLOOR, GRADIENT_TOL, assert_close
 
@@ -122,13 +122,8 @@ class Env:
 
 @contextlib.contextmanager
 def environment(backend: str):
-    if backend == "reference":
-        yield Env(backend, R)
-    elif backend == "torch-cpu":
-        yield Env(backend, BACKENDS["torch-cpu"].rt)
-    else:
-        with cupy_emulator.emulated_cupy() as rt:
-            yield Env(backend, rt)
+    with cpu_namespace(backend) as rt:
+        yield Env(backend, rt)
 
 
 def after_forward(make: Callable, *inputs: Callable, **kwargs) -> Callable:

@@ -21,43 +21,29 @@ random masks leave some rows fully masked, whose output must be 0 and gradient 0
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import zlib
 
 import numpy as np
 import pytest
 
-import reference as R
 from accelerated import cupy_emulator
-from parity_tests.backends import BACKENDS, round_to
+from parity_tests.backends import (
+    CPU_BACKEND_DTYPE,
+    cpu_backend_params,
+    cpu_namespace,
+    emulation_missing,
+    round_to,
+)
 from parity_tests.tolerances import ERROR_FLOOR, FORWARD_TOL, GRADIENT_SCALE_FLOOR, GRADIENT_TOL, assert_close
 
 B, H, L, S, D = 2, 2, 3, 4, 4
 E = D // H  # head size of the SDPA inputs
 
-EMULATION_MISSING = cupy_emulator.unavailable_reason()
-BACKEND_PARAMS = [
-    pytest.param("torch-cpu", id="torch-cpu",
-                 marks=pytest.mark.skipif(not BACKENDS["torch-cpu"].available,
-                                          reason=BACKENDS["torch-cpu"].skip_reason or "")),
-    pytest.param("emulated-cupy", id="emulated-cupy",
-                 marks=pytest.mark.skipif(EMULATION_MISSING is not None,
-                                          reason=f"CuPy backend on the CUDA host emulator: {EMULATION_MISSING}")),
-]
-#: the dtype each backend runs in (the reference runs in float64 on the same float32-exact inputs)
-DTYPE = {"reference": "float64", "torch-cpu": "float64", "emulated-cupy": "float32"}
-
-
-@contextlib.contextmanager
-def namespace(backend: str):
-    if backend == "reference":
-        yield R
-    elif backend == "torch-cpu":
-        yield BACKENDS["torch-cpu"].rt
-    else:
-        with cupy_emulator.emulated_cupy() as rt:
-            yield rt
+EMULATION_MISSING = emulation_missing()
+BACKEND_PARAMS = cpu_backend_params(include_reference=False)  # each is compared with the reference
+DTYPE = CPU_BACKEND_DTYPE
+namespace = cpu_namespace
 
 
 # ---- the cases --------------------------------------------------------------------------------

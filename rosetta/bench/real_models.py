@@ -27,6 +27,7 @@ forward+backward <= 1.5x transformers, accelerated.torch <= 1.0x, accelerated.to
 from __future__ import annotations
 
 import gc
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -229,6 +230,7 @@ def run(thread_settings=(1, 2), layers=None, batch: int = 2, seq: int = 128, war
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would fill the table's output
     results, generation = [], []
+    load_start = os.getloadavg()  # other processes' share of the CPUs, recorded beside the figures
     progress = progress or (lambda *_: None)
     with tempfile.TemporaryDirectory(prefix="rosetta-bench-real-") as tmp:
         configs = build_checkpoints(tmp, layers, sizes)
@@ -308,6 +310,9 @@ def run(thread_settings=(1, 2), layers=None, batch: int = 2, seq: int = 128, war
                              results + generation)
     document["versions"]["transformers"] = transformers.__version__
     document["targets_met"] = targets_met(document)
+    document["load_average"] = {"start": [round(x, 2) for x in load_start],
+                                "end": [round(x, 2) for x in os.getloadavg()],
+                                "note": "1, 5 and 15-minute load averages of the machine (os.getloadavg)"}
     return document
 
 
@@ -356,6 +361,9 @@ def report(document: dict) -> str:
             f"warm-up); greedy generation, batch 1, prompt {c['prompt_len']}, {c['new_tokens']} new tokens "
             f"(median of {c['gen_reps']}). Ratios: time (training) or tokens/s (generation) over transformers'.")
     lines = [head, common.format_table(document["results"], COLUMNS)]
+    if "load_average" in document:
+        lines.append(f"load average (1/5/15 min) at start {document['load_average']['start']}, "
+                     f"at end {document['load_average']['end']} on {document['device']['cpu_count']} cores")
     for t in document["targets_met"]:
         lines.append(f"  {t['model']} {t['task']} {t['implementation']} {t['threads']} thr: "
                      f"{t['ratio']:.2f} (target {t['comparison']} {t['target']}): {'met' if t['met'] else 'NOT met'}")
