@@ -14,6 +14,7 @@ from .checks import check_choice, check_floating
 from .module import Module
 
 
+# --8<-- [start:Elementwise]
 class Elementwise(Module, ABC):
     """y = φ(x) elementwise;  dx = dy ⊙ φ'(x)."""
 
@@ -34,8 +35,10 @@ class Elementwise(Module, ABC):
         x = self.saved()["x"]
         dy = self.check_grad_output(grad_output, x.shape)
         return dy * self.derivative(x)  # dx = dy ⊙ φ'(x)
+# --8<-- [end:Elementwise]
 
 
+# --8<-- [start:ReLU]
 class ReLU(Elementwise):
     r"""ReLU(x) = max(x, 0);   ReLU'(x) = 1 if x > 0 else 0 (0 at the kink, as torch)."""
 
@@ -44,8 +47,10 @@ class ReLU(Elementwise):
 
     def derivative(self, x):
         return (x > 0).astype(x.dtype)
+# --8<-- [end:ReLU]
 
 
+# --8<-- [start:GELU]
 class GELU(Elementwise):
     r"""Gaussian error linear unit, exact or with the tanh approximation.
 
@@ -78,8 +83,10 @@ class GELU(Elementwise):
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
+# --8<-- [end:GELU]
 
 
+# --8<-- [start:SiLU]
 class SiLU(Elementwise):
     r"""SiLU(x) = x σ(x) (a.k.a. swish);   SiLU'(x) = σ(x)(1 + x(1 − σ(x)))."""
 
@@ -89,6 +96,7 @@ class SiLU(Elementwise):
     def derivative(self, x):
         s = _sigmoid(x)
         return s * (1 + x * (1 - s))
+# --8<-- [end:SiLU]
 
 
 def _sigmoid(x):

@@ -11,6 +11,7 @@ from .masks import allowed_causal
 from .module import Module
 
 
+# --8<-- [start:ScaledDotProductAttention]
 class ScaledDotProductAttention(Module):
     r"""softmax(q kᵀ · scale + mask) v over the last two dimensions, batched over the others.
 
@@ -117,6 +118,7 @@ class ScaledDotProductAttention(Module):
 
     def extra_repr(self) -> str:
         return f"dropout_p={self.dropout_p}"
+# --8<-- [end:ScaledDotProductAttention]
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -130,6 +132,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
 
 
+# --8<-- [start:masked_softmax]
 def masked_softmax(scores):
     """Softmax over the last axis that ignores −inf entries; a row of only −inf gives zeros.
 
@@ -153,6 +156,7 @@ def masked_softmax(scores):
     e = xp.where(allowed, xp.exp(shifted), 0)  # (..., S)  exactly 0 where blocked
     denom = xp.sum(e, axis=-1, keepdims=True)  # (..., 1)  >= 1, 0 on a fully masked row, NaN with a NaN
     return e / xp.where(denom == 0, 1, denom)  # (..., S)
+# --8<-- [end:masked_softmax]
 
 
 def accumulator_dtype(dtype):

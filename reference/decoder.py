@@ -10,6 +10,7 @@ from .residual import residual_backward, residual_forward
 from .stack_input import EmbeddedStack
 
 
+# --8<-- [start:DecoderLayer]
 class DecoderLayer(DecoderLayerBlueprint, Module):
     r"""Self-attention, cross-attention over ``memory``, feed-forward; each a residual sub-layer.
 
@@ -59,6 +60,7 @@ class DecoderLayer(DecoderLayerBlueprint, Module):
         dh1 = residual_backward(dh2, self.norm_first, self.norm2, cross_attention_backward, self.dropout2)
         dx = residual_backward(dh1, self.norm_first, self.norm1, self.self_attn.backward, self.dropout1)
         return dx, d_memory[0]
+# --8<-- [end:DecoderLayer]
 
 
 class Decoder(DecoderBlueprint, EmbeddedStack):

@@ -57,6 +57,7 @@ def greedy_decode(model, src, max_len, bos_id, eos_id, src_key_padding_mask=None
     return greedy_decode_on(REFERENCE, model, src, max_len, bos_id, eos_id, src_key_padding_mask, use_cache)
 
 
+# --8<-- [start:greedy_decode_on]
 def greedy_decode_on(backend, model, src, max_len, bos_id, eos_id, src_key_padding_mask=None, use_cache=True):
     """greedy_decode for a model of ``backend`` (a DecodingBackend)."""
     _check_model("model", model, backend.transformer)
@@ -81,6 +82,7 @@ def greedy_decode_on(backend, model, src, max_len, bos_id, eos_id, src_key_paddi
             if bool(xp.all(finished)):
                 break
     return tokens
+# --8<-- [end:greedy_decode_on]
 
 
 def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty=0.6, src_key_padding_mask=None):

@@ -8,6 +8,7 @@ from .checks import check_floating, check_probability
 from .module import Module
 
 
+# --8<-- [start:Dropout]
 class Dropout(Module):
     r"""Inverted dropout.
 
@@ -45,3 +46,4 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+# --8<-- [end:Dropout]

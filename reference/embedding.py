@@ -11,6 +11,7 @@ from .checks import check_positive_int, check_token_ids, describe
 from .module import Module, make_rng
 
 
+# --8<-- [start:Embedding]
 class Embedding(Module):
     r"""y = s · W[ids]: row ids[...] of the table W, times s = √embedding_dim when ``scale``.
 
@@ -93,6 +94,7 @@ class Embedding(Module):
             f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
             f"padding_idx={self.padding_idx}, scale={self.scale}"
         )
+# --8<-- [end:Embedding]
 
 
 def initial_table(num_embeddings: int, embedding_dim: int, padding_idx, seed) -> np.ndarray:

@@ -10,6 +10,7 @@ from .residual import residual_backward, residual_forward
 from .stack_input import EmbeddedStack
 
 
+# --8<-- [start:EncoderLayer]
 class EncoderLayer(EncoderLayerBlueprint, Module):
     r"""Self-attention then a position-wise feed-forward network, each in a residual sub-layer.
 
@@ -43,6 +44,7 @@ class EncoderLayer(EncoderLayerBlueprint, Module):
         dy = self.check_grad_output(grad_output, self.saved()["shape"])  # (B, N, d)
         dh = residual_backward(dy, self.norm_first, self.norm2, self.feed_forward.backward, self.dropout2)
         return residual_backward(dh, self.norm_first, self.norm1, self.self_attn.backward, self.dropout1)
+# --8<-- [end:EncoderLayer]
 
 
 class Encoder(EncoderBlueprint, EmbeddedStack):

@@ -7,6 +7,7 @@ from .checks import check_array, check_features
 from .module import Module
 
 
+# --8<-- [start:FeedForward]
 class FeedForward(FeedForwardBlueprint, Module):
     r"""Position-wise feed-forward network, applied to every position independently.
 
@@ -54,3 +55,4 @@ class FeedForward(FeedForwardBlueprint, Module):
         if self.gated:
             dx = dx + dx_up  # (..., d_model)  x feeds both branches
         return dx
+# --8<-- [end:FeedForward]

@@ -10,6 +10,7 @@ from .checks import check_array, check_compute_dtype, check_positive_int, descri
 from .module import Module
 
 
+# --8<-- [start:forward]
 def flash_attention_forward(q, k, v, *, scale=None, is_causal=False, key_padding_mask=None,
                             block_q=16, block_k=16):
     r"""Attention computed one (query block, key block) tile at a time; returns (out, lse).
@@ -73,8 +74,10 @@ def flash_attention_forward(q, k, v, *, scale=None, is_causal=False, key_padding
         out[:, :, i0:i1] = (o / l_safe[..., None]).astype(q.dtype)  # (B, H, Bq, dv)  O = Õ / l
         lse[:, :, i0:i1] = xp.where(seen, m + xp.log(l_safe), -xp.inf)  # (B, H, Bq)  m + log l
     return out, lse
+# --8<-- [end:forward]
 
 
+# --8<-- [start:backward]
 def flash_attention_backward(dout, q, k, v, out, lse, *, scale=None, is_causal=False,
                              key_padding_mask=None, block_q=16, block_k=16):
     r"""Gradients (dq, dk, dv) of flash_attention_forward, recomputing P tile by tile from lse.
@@ -136,6 +139,7 @@ def flash_attention_backward(dout, q, k, v, out, lse, *, scale=None, is_causal=F
         dk[:, :, j0:j1] += dk_j.reshape(B, Hkv, group, j1 - j0, d).sum(axis=2)  # (B, Hkv, Bk, d)
         dvv[:, :, j0:j1] += dv_j.reshape(B, Hkv, group, j1 - j0, dv).sum(axis=2)  # (B, Hkv, Bk, dv)
     return dq.astype(q.dtype), dk.astype(k.dtype), dvv.astype(v.dtype)
+# --8<-- [end:backward]
 
 
 class FlashAttention(Module):

@@ -6,6 +6,7 @@ from .arrays import array_namespace
 from .checks import check_array, describe
 
 
+# --8<-- [start:KVCache]
 class KVCache:
     r"""Per attention layer, the keys and values already computed (inference only, no backward).
 
@@ -112,6 +113,7 @@ class KVCache:
 
     def __repr__(self) -> str:
         return f"KVCache(length={self.length}, layers={len(self._entries)})"
+# --8<-- [end:KVCache]
 
 
 def check_cache(cache, cache_type=None, what: str = "KVCache"):
@@ -121,6 +123,7 @@ def check_cache(cache, cache_type=None, what: str = "KVCache"):
     return cache
 
 
+# --8<-- [start:cached_heads]
 def cached_heads(module, cache: KVCache, query, key, value, inputs: str, offset: int, split_heads) -> tuple:
     r"""MultiHeadAttention's Q, K, V through the cache (inference): (B, H, L, d), (B, Hkv, S, d) ×2.
 
@@ -165,3 +168,4 @@ def cached_heads(module, cache: KVCache, query, key, value, inputs: str, offset:
         q, _ = module.rotary(q, q[:, :0], offset)  # (B, H, L, d)  positions offset, ...
     cache.advance(module, L)
     return q, k, v
+# --8<-- [end:cached_heads]

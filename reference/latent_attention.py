@@ -9,6 +9,7 @@ from .module import Module, child_seed, make_rng
 from .multi_head_attention import MultiHeadAttention
 
 
+# --8<-- [start:latent_attention]
 class LatentAttention(Module):
     r"""Two cross-attentions through M learned latent tokens, so the cost is linear in N.
 
@@ -58,6 +59,7 @@ class LatentAttention(Module):
         d_queries, dx_key = self.latent_attn.backward(dz)  # (B, M, D), (B, N, D)  ← from Z = latent_attn(Z₀, x)
         self.latents.accumulate_grad(d_queries.sum(axis=0))  # (M, D)  ← from the broadcast of Z₀ over B
         return dx_query + dx_key  # (B, N, D)
+# --8<-- [end:latent_attention]
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, num_latents={self.num_latents}"

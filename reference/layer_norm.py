@@ -9,6 +9,7 @@ from .checks import check_array, check_eps, check_features, check_flag, check_po
 from .module import Module
 
 
+# --8<-- [start:LayerNorm]
 class LayerNorm(Module):
     r"""Layer normalization over the last dimension (biased variance, as torch.nn.LayerNorm).
 
@@ -63,3 +64,4 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, eps={self.eps}, bias={self.bias is not None}"
+# --8<-- [end:LayerNorm]

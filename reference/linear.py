@@ -9,6 +9,7 @@ from .checks import check_array, check_features, check_flag, check_positive_int
 from .module import Module, make_rng
 
 
+# --8<-- [start:Linear]
 class Linear(Module):
     r"""y = x Wᵀ + b, over the last dimension (weight stored (out, in), as torch.nn.Linear).
 
@@ -54,3 +55,4 @@ class Linear(Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+# --8<-- [end:Linear]

@@ -16,6 +16,7 @@ from .checks import (
 from .module import Module
 
 
+# --8<-- [start:CrossEntropyLoss]
 class CrossEntropyLoss(Module):
     r"""L = −Σ_j q_j log softmax(z)_j per position, averaged over the positions that count.
 
@@ -115,3 +116,4 @@ class CrossEntropyLoss(Module):
             f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}, "
             f"reduction={self.reduction!r}"
         )
+# --8<-- [end:CrossEntropyLoss]

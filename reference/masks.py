@@ -37,12 +37,15 @@ from .arrays import resolve_dtype
 from .checks import check_flag, check_positive_int, check_shape, describe
 
 
+# --8<-- [start:additive_mask]
 def additive_mask(allowed: np.ndarray, dtype=None) -> np.ndarray:
     """0.0 where ``allowed`` is True, −inf where it is False, in ``dtype`` (default float32)."""
     dtype = resolve_dtype(dtype)
     return np.where(allowed, 0.0, -np.inf).astype(dtype)  # (...) same shape as allowed
+# --8<-- [end:additive_mask]
 
 
+# --8<-- [start:causal_mask]
 def causal_mask(seq_len: int, key_len: int | None = None, *, dtype=None) -> np.ndarray:
     """(seq_len, key_len) mask allowing key j for query i iff j <= i.
 
@@ -53,8 +56,10 @@ def causal_mask(seq_len: int, key_len: int | None = None, *, dtype=None) -> np.n
     seq_len = check_positive_int("seq_len", seq_len)
     key_len = seq_len if key_len is None else check_positive_int("key_len", key_len)
     return additive_mask(allowed_causal(seq_len, key_len), dtype)  # (L, S)
+# --8<-- [end:causal_mask]
 
 
+# --8<-- [start:padding_mask]
 def padding_mask(lengths, max_len: int | None = None, *, dtype=None) -> np.ndarray:
     """(batch, max_len) mask blocking positions >= lengths[b] of sequence b.
 
@@ -82,6 +87,7 @@ def padding_mask(lengths, max_len: int | None = None, *, dtype=None) -> np.ndarr
         raise ValueError(f"lengths must be <= max_len ({max_len}), got {int(lengths.max())}")
     j = np.arange(max_len)[None, :]  # (1, S) key positions
     return additive_mask(j < lengths[:, None], dtype)  # (B, S)
+# --8<-- [end:padding_mask]
 
 
 def sliding_window_mask(seq_len: int, window: int, causal: bool = True, *, dtype=None) -> np.ndarray:
@@ -170,6 +176,7 @@ def check_mha_masks(attn_mask, key_padding_mask, sizes: tuple, check, names=("at
         check_shape(names[1], key_padding_mask, (B, S), "batch, key length")
 
 
+# --8<-- [start:merge_masks]
 def merge_masks(attn_mask, key_padding_mask, sizes: tuple, *, is_causal: bool, window, block_size,
                 offset: int, cached: bool, ops):
     """MultiHeadAttention's masks as the one mask its attention takes, or None.
@@ -218,3 +225,4 @@ def merge_masks(attn_mask, key_padding_mask, sizes: tuple, *, is_causal: bool, w
     if allowed is not None:
         added = ops.where(allowed, added, -math.inf)  # blocked → −inf
     return added
+# --8<-- [end:merge_masks]

@@ -12,6 +12,7 @@ from .module import Module, child_seed
 from .rotary import RotaryEmbedding
 
 
+# --8<-- [start:MultiHeadAttention]
 class MultiHeadAttention(Module):
     r"""Project to heads, attend in each head, concatenate, project back.
 
@@ -143,6 +144,7 @@ class MultiHeadAttention(Module):
         if self.block_size is not None:
             parts.append(f"block_size={self.block_size}")
         return ", ".join(parts)
+# --8<-- [end:MultiHeadAttention]
 
 
 def split_heads(x, heads: int):

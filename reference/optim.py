@@ -271,6 +271,7 @@ class SGD(Optimizer):
         param.data -= self.lr * d  # (shape of θ)  θ ← θ − η d  (in place, as torch)
 
 
+# --8<-- [start:AdamW]
 class AdamW(Optimizer):
     r"""Adam with decoupled weight decay (Loshchilov & Hutter), exactly as torch.optim.AdamW.
 
@@ -329,6 +330,7 @@ class AdamW(Optimizer):
         step_size = self.lr / (1 - beta1**t)  # η / (1 − β₁ᵗ)
         denom = xp.sqrt(v) / (1 - beta2**t) ** 0.5 + self.eps  # (shape of θ)  √v / √(1 − β₂ᵗ) + ε
         param.data -= step_size * m / denom  # (shape of θ)  (in place, as torch)
+# --8<-- [end:AdamW]
 
 
 def _vector_norm(x, norm_type: float):
@@ -454,6 +456,7 @@ class WarmupInverseSqrt(LRSchedule):
         return self.factor * self.d_model**-0.5 * min(step**-0.5, step * self.warmup_steps**-1.5)
 
 
+# --8<-- [start:WarmupCosine]
 class WarmupCosine(LRSchedule):
     r"""Linear warm-up to max_lr, then a half cosine down to min_lr, then min_lr.
 
@@ -480,3 +483,4 @@ class WarmupCosine(LRSchedule):
             return self.min_lr
         progress = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)  # in (0, 1]
         return self.min_lr + 0.5 * (self.max_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+# --8<-- [end:WarmupCosine]

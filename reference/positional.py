@@ -13,6 +13,7 @@ from .module import Module, make_rng
 SINUSOIDAL_LAYOUTS = {"interleaved", "split"}
 
 
+# --8<-- [start:sinusoidal_table]
 def sinusoidal_table(max_len: int, d_model: int, layout: str = "interleaved") -> np.ndarray:
     """PE[t, 2i] = sin(t / 10000^(2i/d)),  PE[t, 2i+1] = cos(t / 10000^(2i/d)); float64 (max_len, d).
 
@@ -32,8 +33,10 @@ def sinusoidal_table(max_len: int, d_model: int, layout: str = "interleaved") ->
     table[:, 0::2] = np.sin(angles)  # (max_len, ⌈d/2⌉)  even columns
     table[:, 1::2] = np.cos(angles[:, : d_model // 2])  # (max_len, ⌊d/2⌋)  odd columns
     return table
+# --8<-- [end:sinusoidal_table]
 
 
+# --8<-- [start:SinusoidalPositionalEncoding]
 class SinusoidalPositionalEncoding(Module):
     r"""Add the paper's fixed sinusoidal position codes to the input (no parameters).
 
@@ -69,8 +72,10 @@ class SinusoidalPositionalEncoding(Module):
     def extra_repr(self) -> str:
         layout = "" if self.layout == "interleaved" else f", layout={self.layout!r}"
         return f"d_model={self.d_model}, max_len={self.max_len}{layout}"
+# --8<-- [end:SinusoidalPositionalEncoding]
 
 
+# --8<-- [start:LearnedPositionalEmbedding]
 class LearnedPositionalEmbedding(Module):
     r"""Add a learned vector per position (BERT/GPT-2 style), a table P of max_len rows.
 
@@ -106,6 +111,7 @@ class LearnedPositionalEmbedding(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}"
+# --8<-- [end:LearnedPositionalEmbedding]
 
 
 def _positions(x, offset, d_model: int, max_len: int, xp, dtype=None) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from .checks import check_array, check_eps, check_features, check_positive_int
 from .module import Module
 
 
+# --8<-- [start:RMSNorm]
 class RMSNorm(Module):
     r"""Root-mean-square normalization over the last dimension (no centering, no bias; Llama's norm).
 
@@ -53,3 +54,4 @@ class RMSNorm(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, eps={self.eps}"
+# --8<-- [end:RMSNorm]

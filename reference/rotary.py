@@ -9,6 +9,7 @@ from .checks import check_eps, check_floating, check_positive_int, check_size
 from .module import Module
 
 
+# --8<-- [start:rotary]
 def rotate_half(x):
     """R(x) = [−x₂, x₁] for x = [x₁, x₂] split in halves along the last dimension."""
     xp = array_namespace(x)
@@ -75,6 +76,7 @@ class RotaryEmbedding(Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_len={self.max_len}, base={self.base}"
+# --8<-- [end:rotary]
 
 
 def rotary_positions(name: str, x, offset: int, head_dim: int, max_len: int) -> int:

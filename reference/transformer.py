@@ -15,6 +15,7 @@ from .kv_cache import check_cache
 from .module import Module
 
 
+# --8<-- [start:Transformer]
 class Transformer(TransformerBlueprint, Module):
     r"""Encoder-decoder Transformer; the defaults are the paper's base model.
 
@@ -94,3 +95,4 @@ class Transformer(TransformerBlueprint, Module):
         logits = self.generator(h)  # (B, T, V)  logits = h W_gᵀ + b_g
         self.save_for_backward(call="decode")
         return logits
+# --8<-- [end:Transformer]

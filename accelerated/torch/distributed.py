@@ -43,6 +43,7 @@ from .checks import check_choice, describe
 PROCESS_GROUP_BACKENDS = ("gloo", "nccl")
 
 
+# --8<-- [start:shard_bounds]
 def shard_bounds(batch_size: int, rank: int, world_size: int) -> tuple:
     """The rows [start, stop) of a global batch that ``rank`` takes: contiguous, in rank order.
 
@@ -62,6 +63,7 @@ def shard_bounds(batch_size: int, rank: int, world_size: int) -> tuple:
     base, extra = divmod(int(batch_size), int(world_size))
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
+# --8<-- [end:shard_bounds]
 
 
 class DistributedContext:
@@ -161,6 +163,7 @@ class DistributedContext:
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor.cpu().numpy()
 
+    # --8<-- [start:loss_weight]
     def loss_weight(self, count) -> float:
         """N·count / Σ_ranks count: what this rank's mean loss is multiplied by before backward.
 
@@ -198,6 +201,7 @@ class DistributedContext:
             return {k: (float(s / total) if total > 0 else float("nan")) for k, s in zip(keys, sums[:-1])}
         weighted, total = self._all_reduce_sum([weight * _number(value), weight])
         return float(weighted / total) if total > 0 else float("nan")
+    # --8<-- [end:loss_weight]
 
     def barrier(self) -> None:
         """Wait for every rank (e.g. before reading a file rank 0 wrote)."""
