@@ -170,9 +170,6 @@ PENDING = {
     "docs/backends.md": "being rewritten (learner's path): imports accelerated.cupy, which needs CuPy",
     "docs/distributed.md": "being rewritten (learner's path): torchrun of a train.py the page does not write",
     "docs/guides/add_a_layer.md": "being written (learner's path): imports reference.scale, a layer the guide adds",
-    "docs/layers/encoder_decoder.md": "being rewritten (learner's path): a class-outline block is not Python",
-    "docs/models.md": "being rewritten (learner's path): a fragment uses self outside a class",
-    "docs/training.md": "being rewritten (learner's path): a fragment uses PAD without defining it",
 }
 
 ALL = {path: blocks(path) for path in DOCS}
