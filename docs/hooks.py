@@ -3,10 +3,14 @@
 Two jobs, both so that the built site works offline and ``mkdocs build --strict`` means something:
 
 1. Links from a page to a file of the repository outside ``docs/`` (``../../reference/linear.py``,
-   ``../../accelerated/cupy/kernels/README.md``, ...) cannot work on the built site, which holds
-   only ``docs/``. They are rewritten to the file in the repository, ``{repository}/blob/main/<path>``
-   (``tree`` for a folder), where ``repository`` is ``extra.repository`` in mkdocs.yml. A link to a
-   path that does not exist in the repository is left alone, so the strict build reports it.
+   ``../../accelerated/cupy/kernels/README.md``, ...) cannot work on the built site as they are, since
+   the site is built from ``docs/`` alone. A source file (``.py``, ``.cu``, ``.cuh``, ``.h``, ``.sh``,
+   ``.toml``, ``.yml``) gets a page of its own in the site, ``source/<path>/`` (the whole file,
+   highlighted, included by pymdownx.snippets at build time, so it is never stale), and the link
+   points there: it works offline and on any copy of the site. Other files and folders are linked to
+   the repository, ``{repository}/blob/main/<path>`` (``tree`` for a folder), where ``repository`` is
+   ``extra.repository`` in mkdocs.yml. A link to a path that does not exist in the repository is left
+   alone, so the strict build reports it.
 2. MathJax is served by the site itself, never by a CDN: the pinned npm package is installed once
    into a cache folder (``npm install mathjax@<version>``; ``$ROSETTA_DOCS_CACHE``, default
    ``~/.cache/rosetta-docs``) and the files the page needs (the ``tex-chtml-full`` component, its
@@ -32,7 +36,10 @@ MATHJAX_FILES = ["tex-chtml-full.js", "output/chtml/fonts/woff-v2", "a11y", "ui"
 MATHJAX_SITE_DIR = "javascripts/mathjax"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_SUFFIXES = None  # every file outside docs/ is linked to the repository, whatever its suffix
+#: source files that get a page of their own in the site (suffix -> the code fence's language)
+SOURCE_LANGUAGES = {".py": "python", ".cu": "cpp", ".cuh": "cpp", ".h": "cpp", ".sh": "bash", ".toml": "toml",
+                    ".yml": "yaml", ".yaml": "yaml"}
+SOURCE_PAGES = "source"  # the site folder of those pages
 
 # [text](target) and [text](target "title"); reference definitions "[id]: target"
 _INLINE_LINK = re.compile(r"(\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
@@ -81,6 +88,62 @@ def _repository(config) -> str:
     return repository.rstrip("/")
 
 
+def _repository_file(target: str, page_dir: Path, docs_dir: Path) -> Path | None:
+    """The repository path a relative link points to, when it leaves docs/ and exists (else None)."""
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target) or target.startswith(("#", "/")):
+        return None
+    path_part = target.partition("#")[0]
+    if not path_part:
+        return None
+    resolved = (page_dir / path_part).resolve()
+    if resolved.is_relative_to(docs_dir) or not resolved.is_relative_to(REPO_ROOT) or not resolved.exists():
+        return None
+    return resolved
+
+
+def _source_page(path: Path) -> str | None:
+    """The site page (src path under docs/) that shows repository file ``path``, or None when it has none."""
+    if not path.is_file() or path.suffix not in SOURCE_LANGUAGES:
+        return None
+    return f"{SOURCE_PAGES}/{path.relative_to(REPO_ROOT).as_posix()}.md"
+
+
+def _links(markdown: str) -> list[str]:
+    """Every link target outside fenced code blocks."""
+    targets, fence = [], None
+    for line in markdown.splitlines():
+        m = _FENCE.match(line)
+        if fence is None and m:
+            fence = m.group(2)
+        elif fence is not None:
+            if m and m.group(2) == fence:
+                fence = None
+        else:
+            targets += [t.group(2) for t in _INLINE_LINK.finditer(line)]
+            targets += [t.group(2) for t in _REF_LINK.finditer(line)]
+    return targets
+
+
+def on_files(files, config, **kwargs):
+    """Add a page for every source file some page links to (source/<path>.md: the file, included)."""
+    from mkdocs.structure.files import File
+
+    docs_dir = Path(config["docs_dir"]).resolve()
+    wanted = set()
+    for file in files.documentation_pages():
+        page_dir = (docs_dir / file.src_path).parent
+        for target in _links(Path(file.abs_src_path).read_text(encoding="utf-8")):
+            path = _repository_file(target, page_dir, docs_dir)
+            page = _source_page(path) if path is not None else None
+            if page is not None:
+                wanted.add((page, path.relative_to(REPO_ROOT).as_posix(), SOURCE_LANGUAGES[path.suffix]))
+    for page, rel, language in sorted(wanted):
+        content = (f"# `{rel}`\n\nThe file as it is in the repository (included when the site was built).\n\n"
+                   f'```{language} linenums="1"\n--8<-- "{rel}"\n```\n')
+        files.append(File.generated(config, page, content=content))
+    return files
+
+
 def _rewrite(target: str, page_dir: Path, docs_dir: Path, repository: str) -> str:
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", target) or target.startswith(("#", "/")):
         return target  # absolute URL, mailto:, anchor or site-absolute path
@@ -99,6 +162,10 @@ def _rewrite(target: str, page_dir: Path, docs_dir: Path, repository: str) -> st
         return target  # outside the repository: left for the strict build to report
     if not resolved.exists():
         return target  # a broken link: left for the strict build to report
+    page = _source_page(resolved)
+    if page is not None:  # a page of the site: relative to the linking page, MkDocs checks it
+        url = os.path.relpath(docs_dir / page, page_dir)
+        return url + ("#" + anchor if anchor else "")
     kind = "tree" if resolved.is_dir() else "blob"
     url = f"{repository}/{kind}/main/{rel.as_posix()}"
     if anchor:

@@ -119,10 +119,13 @@ def test_site_builds_strict_and_offline(site):
         assert found is None, f"{page.relative_to(site)} names a CDN ({found.group(0)}): the site must work offline"
     assert (site / "javascripts" / "mathjax" / "tex-chtml-full.js").is_file(), "MathJax is served by the site"
     assert list((site / "javascripts" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
-    # source links were rewritten to the repository, not left relative (they would 404 on the site)
+    # a source link points to the file's page in the site (the file included at build time), not to a
+    # path outside the site (it would 404)
     attention = (site / "layers" / "attention" / "index.html").read_text(encoding="utf-8")
-    assert "/blob/main/reference/attention.py" in attention
+    assert 'href="../../source/reference/attention.py/"' in attention
     assert 'href="../../reference/' not in attention
+    source = (site / "source" / "reference" / "attention.py" / "index.html").read_text(encoding="utf-8")
+    assert "scaled_dot_product_attention" in source and "masked_softmax" in source
 
 
 def test_docs_extra_is_in_the_test_extra():

@@ -379,7 +379,7 @@ def plot(document: dict, path):
         return None
     plt = _pyplot()
     colors = dict(zip(IMPLEMENTATIONS, ("tab:green", "tab:blue", "tab:gray", "silver")))
-    panels = (("forward+backward", "median_ms", "ms per forward+backward (median; bars min-max)"),
+    panels = (("forward+backward", "median_ms", "ms per forward+backward (median)"),
               ("generation", "tokens_per_s", "generated tokens/s (median call)"))
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100)
     for ax, (task, key, ylabel) in zip(axes, panels):
