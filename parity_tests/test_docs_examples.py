@@ -166,11 +166,7 @@ def commands(block: Block) -> list:
 #: Pages whose examples are known not to run yet, each with the reason: expected to fail (non-strict: once a page
 #: passes, pytest reports XPASS and its entry should go). Keep this empty: a page is listed only while it is
 #: being rewritten, never to silence an example (mark a block that cannot run in CI with a skip marker instead).
-PENDING = {
-    "docs/backends.md": "being rewritten (learner's path): imports accelerated.cupy, which needs CuPy",
-    "docs/distributed.md": "being rewritten (learner's path): torchrun of a train.py the page does not write",
-    "docs/guides/add_a_layer.md": "being written (learner's path): imports reference.scale, a layer the guide adds",
-}
+PENDING = {}
 
 ALL = {path: blocks(path) for path in DOCS}
 CODE = {path: [b for b in bs if b.kind in ("python", "shell")] for path, bs in ALL.items()}
