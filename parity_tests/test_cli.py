@@ -37,3 +37,9 @@ def test_python_dash_m_rosetta_runs_the_same_command():
                             check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("python ")
+
+
+def test_bench_refuses_an_unknown_implementation_in_one_line(capsys):
+    assert main(["bench", "attention", "--implementations", "numpy"]) == 2
+    error = capsys.readouterr().err
+    assert "implementations" in error and "numpy-reference" in error and "Traceback" not in error

@@ -118,7 +118,11 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
+    try:
+        return run(build_parser().parse_args(argv))
+    except ValueError as error:  # a bad option value: one line, not a traceback
+        print(f"rosetta bench: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

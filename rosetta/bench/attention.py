@@ -411,6 +411,9 @@ def run(seq_lens=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 128), dtyp
     row's error against an fp32 SDPA (see the module docstring); budget_s: rows left once it is spent are
     recorded as skipped; max_row_s: a slow row's time budget (fewer repetitions); progress: a JSON file
     rewritten after each row with the document so far."""
+    unknown = [impl for impl in implementations if impl not in IMPLEMENTATIONS]
+    if unknown:
+        raise ValueError(f"implementations must be among {list(IMPLEMENTATIONS)}, got unknown {unknown}")
     available = _availability()
     start = time.monotonic()
     results = [{"implementation": impl, "status": f"unavailable: {available[impl]}"}
