@@ -140,19 +140,19 @@ def cached_heads(module, cache: KVCache, query, key, value, inputs: str, offset:
     (B, N, heads·d) → (B, heads, N, d) (multi_head_attention.split_heads).
     """
     H, Hkv = module.num_heads, module.num_kv_heads
-    stored = None if inputs == "self" else cache.memory(module)
-    if stored is None:  # new keys and values: one _project call (a backend may stack the weights there)
-        q, k, v = module._project(query, key, value, inputs)  # (B, L, D), (B, N, Hkv·d) ×2
-        q, k, v = split_heads(q, H), split_heads(k, Hkv), split_heads(v, Hkv)  # (B, H, L, d), (B, Hkv, N, d) ×2
-    else:
-        q = split_heads(module.q_proj(query), H)  # (B, H, L, d)
+    q = split_heads(module.q_proj(query), H)  # (B, H, L, d)
     L = q.shape[2]
-    if inputs == "self":  # k, v: the new keys and values only
+    if inputs == "self":
+        k = split_heads(module.k_proj(key), Hkv)  # (B, Hkv, L, d)  the new keys only
+        v = split_heads(module.v_proj(value), Hkv)  # (B, Hkv, L, d)
         if module.rotary is not None:
             q, k = module.rotary(q, k, offset)  # (B, H, L, d), (B, Hkv, L, d)  positions offset, ...
         k, v = cache.append(module, k, v)  # (B, Hkv, offset + L, d) ×2  cached keys, then the new
         return q, k, v
-    if stored is None:  # first call: the memory is projected once
+    stored = cache.memory(module)
+    if stored is None:  # first call: project the memory once
+        k = split_heads(module.k_proj(key), Hkv)  # (B, Hkv, S, d)
+        v = split_heads(module.v_proj(value), Hkv)  # (B, Hkv, S, d)
         if module.rotary is not None:
             q, k = module.rotary(q, k)  # (B, H, L, d), (B, Hkv, S, d)  positions 0, 1, ...
         cache.store_memory(module, k, v, L)
