@@ -163,11 +163,6 @@ def commands(block: Block) -> list:
     return out
 
 
-#: Pages whose examples are known not to run yet, each with the reason: expected to fail (non-strict: once a page
-#: passes, pytest reports XPASS and its entry should go). Keep this empty: a page is listed only while it is
-#: being rewritten, never to silence an example (mark a block that cannot run in CI with a skip marker instead).
-PENDING = {}
-
 ALL = {path: blocks(path) for path in DOCS}
 CODE = {path: [b for b in bs if b.kind in ("python", "shell")] for path, bs in ALL.items()}
 RUNNABLE = [path for path, bs in CODE.items() if any(not b.skip for b in bs)]
@@ -211,12 +206,7 @@ def run_shell(block: Block, cwd: Path) -> None:
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
-def pending(path: Path):
-    reason = PENDING.get(path.relative_to(ROOT).as_posix())
-    return pytest.param(path, marks=pytest.mark.xfail(reason=reason, strict=False)) if reason else path
-
-
-@pytest.mark.parametrize("path", [pending(p) for p in RUNNABLE], ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: str(p.relative_to(ROOT)))
 def test_examples_run(path, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
@@ -244,10 +234,6 @@ def test_examples_run(path, tmp_path, monkeypatch, request):
 @pytest.mark.parametrize("block", SKIPPED, ids=lambda b: b.where)
 def test_skipped_examples_are_reported(block):
     pytest.skip(f"{block.where} ({block.lang}) not run: {block.skip}")
-
-
-def test_pending_pages_exist():
-    assert not [name for name in PENDING if not (ROOT / name).is_file()]
 
 
 def test_every_command_is_in_a_fenced_block():
