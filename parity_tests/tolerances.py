@@ -222,3 +222,12 @@ def assert_sample_std(values, std: float, what: str) -> None:
     got = float(values.std())
     if not abs(got - std) <= bound:
         raise AssertionError(f"{what}: sample standard deviation {got:.4g}, expected {std:.4g} ± {bound:.2g}")
+
+# ---- erf (reference/arrays.py computes its own: NumPy has none) -----------------------------------
+# erf against math.erf (correctly rounded to ≈ 1 ulp), in units in the last place of the expected
+# value. float64: the Taylor sum below ½ and 1 − e^(−a²)·erfcx(a) above it (erfcx's fitted series
+# is exact to ≈ 5e−18) each round a handful of times, all of terms no larger than the result:
+# observed ≤ 2 ulp over [−8, 8], tiny and subnormal inputs; 4 leaves margin and still fails a wrong
+# coefficient (≥ 1e−15 relative, tens of ulp). float32 is computed in float64 and rounded once,
+# so it can be off by at most the one rounding: 1 ulp.
+ERF_ULP = {np.dtype(np.float64): 4, np.dtype(np.float32): 1}

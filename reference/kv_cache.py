@@ -87,6 +87,10 @@ class KVCache:
 
     # ---- the array operations a backend's cache replaces (torch: torch.cat, tensors on a device) ----
 
+    def project(self, module, query, key, value, inputs):
+        """The new Q, K, V projections of ``module`` (its ``_project``); a backend may reuse work across steps."""
+        return module._project(query, key, value, inputs)
+
     @staticmethod
     def _concatenate(old, new):
         """old (B, Hkv, S, d) then new (B, Hkv, N, d) along the sequence: (B, Hkv, S + N, d)."""
@@ -140,15 +144,15 @@ def cached_heads(module, cache: KVCache, query, key, value, inputs: str, offset:
     (B, N, heads·d) → (B, heads, N, d) (multi_head_attention.split_heads).
     """
     H, Hkv = module.num_heads, module.num_kv_heads
-    q = split_heads(module.q_proj(query), H)  # (B, H, L, d)
-    L = q.shape[2]
     if inputs == "self":
-        k = split_heads(module.k_proj(key), Hkv)  # (B, Hkv, L, d)  the new keys only
-        v = split_heads(module.v_proj(value), Hkv)  # (B, Hkv, L, d)
+        q, k, v = cache.project(module, query, key, value, inputs)  # (B, L, D), (B, L, Hkv·d) ×2
+        q, k, v = split_heads(q, H), split_heads(k, Hkv), split_heads(v, Hkv)  # the new keys only
         if module.rotary is not None:
             q, k = module.rotary(q, k, offset)  # (B, H, L, d), (B, Hkv, L, d)  positions offset, ...
         k, v = cache.append(module, k, v)  # (B, Hkv, offset + L, d) ×2  cached keys, then the new
         return q, k, v
+    q = split_heads(module.q_proj(query), H)  # (B, H, L, d)
+    L = q.shape[2]
     stored = cache.memory(module)
     if stored is None:  # first call: project the memory once
         k = split_heads(module.k_proj(key), Hkv)  # (B, Hkv, S, d)

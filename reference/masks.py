@@ -199,7 +199,7 @@ def merge_masks(attn_mask, key_padding_mask, sizes: tuple, *, is_causal: bool, w
     if key_padding_mask is not None:
         parts.append(key_padding_mask.reshape(B, 1, 1, S))  # (B, 1, 1, S)
     end = offset + L  # one past the last new query's position
-    if cached and is_causal:
+    if cached and is_causal and offset < S - 1:  # the first new query sees keys 0..offset: all of them when S = offset + 1
         parts.append(~allowed_causal(end, S, ops.arange)[offset:])  # (L, S)  rows of the new queries
     for size, name, build in (
         (window, "window", lambda: allowed_sliding_window(end, window, is_causal, ops.arange)),

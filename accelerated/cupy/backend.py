@@ -185,7 +185,7 @@ def make_namespace(xp, module_name: str = "accelerated.cupy") -> SimpleNamespace
 
 
 def _register_erf(xp) -> None:
-    """GELU's erf on xp's arrays: NumPy has none (the reference computes it per element), CuPy's is cupyx's."""
+    """GELU's erf on xp's arrays: NumPy has none (the reference computes its own, reference/arrays.py), CuPy's is cupyx's."""
     if xp is np or xp in reference_arrays.ERF_OF_MODULE:
         return
     try:

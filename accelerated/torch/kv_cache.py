@@ -18,6 +18,17 @@ class KVCache(reference.KVCache):
     reordering are the reference's; only the three array operations below touch tensors.
     """
 
+    def project(self, module, query, key, value, inputs):
+        """module's Q, K, V projections, with its stacked [W_q; W_k; W_v] built once per cache (one decoding
+        run, no gradient: the weights do not change in it), not concatenated again at every step."""
+        if torch.is_grad_enabled() or inputs != "self":
+            return module._project(query, key, value, inputs)
+        stacked = self.__dict__.setdefault("_stacked", {})
+        weights = stacked.get(id(module))
+        if weights is None or weights[0] is not module:
+            weights = stacked[id(module)] = (module, module._stacked_weights(inputs))
+        return module._project_stacked(key, weights[1], inputs)
+
     @staticmethod
     def _concatenate(old, new):
         return torch.cat([old, new], dim=-2)  # (B, Hkv, S + N, d)

@@ -98,10 +98,20 @@ class MultiHeadAttention(Module):
         shared = {"self": projections, "kv": projections[1:]}.get(inputs, ())
         if len(shared) < 2:
             return tuple(projection(x) for projection, x in zip(projections, (query, key, value)))
+        return self._project_stacked(key, self._stacked_weights(inputs), inputs, query)
+
+    def _stacked_weights(self, inputs):
+        """([W_q; W_k; W_v], [b_q; b_k; b_v] or None) for "self", the k/v rows alone for "kv"."""
+        shared = (self.q_proj, self.k_proj, self.v_proj)[inputs == "kv":]
         weight = torch.cat([p.weight for p in shared])  # (Σ out, D)
         bias = None if shared[0].bias is None else torch.cat([p.bias for p in shared])  # (Σ out,)
-        stacked = F.linear(key, weight, bias).split([p.out_features for p in shared], dim=-1)  # (B, S, out) each
-        return stacked if inputs == "self" else (self.q_proj(query), *stacked)
+        return weight, bias
+
+    def _project_stacked(self, x, stacked, inputs, query=None):
+        """x times the stacked weights (_stacked_weights), split back into the projections."""
+        sizes = [p.out_features for p in (self.q_proj, self.k_proj, self.v_proj)[inputs == "kv":]]
+        out = F.linear(x, *stacked).split(sizes, dim=-1)  # (B, S, out) each
+        return out if inputs == "self" else (self.q_proj(query), *out)
 
     def _array_ops(self, query) -> ArrayOps:
         """torch's spelling of the operations the reference's argument and mask rules use (on query's device)."""
