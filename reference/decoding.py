@@ -209,7 +209,7 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
         cache = backend.cache() if use_cache else None
         step = tokens  # the first step feeds the whole prompt
         for _ in range(max_new_tokens):
-            logits = model(step, cache=cache)[:, -1]  # (B, V)  the next token's logits
+            logits = model._next_logits(step, cache)  # (B, V)  the next token's logits: model(step)[:, -1]
             next_token = _pick(logits, temperature, top_k, rng, xp, top_p)  # (B,)
             if eos_id is not None:
                 next_token = xp.where(finished, eos_id, next_token)  # (B,)  finished rows: padding
