@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from accelerated.cupy_emulator import cupy_file
 from accelerated.cupy_emulator import host as emu
 from parity_tests.tolerances import KERNEL_EXTREME_SCORE_TOL, KERNEL_LSE_TOL, KERNEL_TOL
 
@@ -47,6 +48,7 @@ def _load_by_path(name: str, filename: str):
 
 fa = _load_by_path("rosetta_flash_attention_kernels", "flash_attention_kernels.py")
 fk = _load_by_path("rosetta_fused_kernels", "fused_kernels.py")
+_lab = cupy_file("lab")
 
 
 FLASH_FWD, FLASH_BWD = fa.KERNEL_FILES["fwd"].name, fa.KERNEL_FILES["bwd"].name
@@ -65,22 +67,8 @@ def modules():
 # Element types: float32, float16 and bfloat16 (uint16 storage, round to nearest even)
 # ------------------------------------------------------------------------------------------------
 
-def to_bf16_bits(x) -> np.ndarray:
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def from_bf16_bits(b) -> np.ndarray:
-    return (np.asarray(b).astype(np.uint32) << 16).view(np.float32)
-
-
-def quantize(x64, etype):
-    """(storage array of the element type, the float64 values it holds)."""
-    if etype == "bfloat16":
-        bits = to_bf16_bits(x64)
-        return bits, from_bf16_bits(bits).astype(np.float64)
-    stored = np.ascontiguousarray(x64, dtype=etype)
-    return stored, stored.astype(np.float64)
+# the kernel lab's conversions (accelerated/cupy/lab.py): what the lab validates with, the tests use too
+to_bf16_bits, from_bf16_bits, quantize = _lab.to_bf16_bits, _lab.from_bf16_bits, _lab.quantize
 
 
 def values(stored, etype) -> np.ndarray:
