@@ -298,15 +298,6 @@ class DecoderLMBlueprint:
         if self.tie_embeddings:
             self.lm_head.weight = self.decoder.embedding.weight  # (V, d)  one Parameter, two uses
 
-    def _next_logits(self, ids, cache=None):
-        """(B, V): the logits of the last position only (inference: decoding's step, ids already checked).
-
-        forward(ids, cache=cache)[:, -1] without the lm_head product for the other positions (the
-        prompt's first step multiplies one row per sequence by W_h, not every prompt position).
-        """
-        h = self.decoder(ids, is_causal=True, cache=cache)  # (B, N, d)
-        return self.lm_head(h[:, -1:])[:, 0]  # (B, V)
-
     @classmethod
     def gpt(cls, vocab_size: int, d_model: int = 768, num_heads: int = 12, d_ff=None, num_layers: int = 12,
             dropout: float = 0.1, max_len: int = 1024, *, seed=None, dtype=None):

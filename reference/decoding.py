@@ -171,6 +171,16 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=
                        top_p=top_p)
 
 
+def next_token_logits(model, ids, cache=None):
+    """(B, V): a DecoderLM's logits at the last position only, model(ids, cache=cache)[:, -1].
+
+    Decoding's step (ids already checked): the lm_head multiplies one row per sequence by W_h,
+    not every prompt position.
+    """
+    h = model.decoder(ids, is_causal=True, cache=cache)  # (B, N, d)
+    return model.lm_head(h[:, -1:])[:, 0]  # (B, V)  logits = h W_hᵀ at the last position
+
+
 def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None,
                 use_cache=True, *, top_p=None):
     """generate for a model of ``backend`` (a DecodingBackend)."""
@@ -209,7 +219,7 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
         cache = backend.cache() if use_cache else None
         step = tokens  # the first step feeds the whole prompt
         for _ in range(max_new_tokens):
-            logits = model._next_logits(step, cache)  # (B, V)  the next token's logits: model(step)[:, -1]
+            logits = next_token_logits(model, step, cache)  # (B, V)  model(step)[:, -1]
             next_token = _pick(logits, temperature, top_k, rng, xp, top_p)  # (B,)
             if eos_id is not None:
                 next_token = xp.where(finished, eos_id, next_token)  # (B,)  finished rows: padding
