@@ -270,7 +270,8 @@ def test_emulated_float16_adamw_state_dict_keeps_float32_moments():
 #: Linear's output into another layer. NumPy's matmul promotes ml_dtypes bfloat16 to float32 (CuPy's
 #: matmul keeps bfloat16), so there the next layer's dtype check refuses the float32 activations.
 BF16_EMULATED_CASES = [name for name in CASES if not name.startswith(
-    ("FeedForward", "MultiHeadAttention", "LatentAttention", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder"))]
+    ("FeedForward", "MultiHeadAttention", "LatentAttention", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder",
+     "Transformer"))]
 
 
 @pytest.mark.skipif(EMULATION_MISSING is not None, reason=f"CUDA kernels on the CPU emulator: {EMULATION_MISSING}")

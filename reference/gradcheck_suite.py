@@ -17,9 +17,11 @@ from .attention import ScaledDotProductAttention
 from .decoder import Decoder, DecoderLayer
 from .dropout import Dropout
 from .embedding import Embedding
+from .encoder_model import EncoderModel
 from .encoder import Encoder, EncoderLayer
 from .feed_forward import FeedForward
 from .gradcheck import gradcheck
+from .language_model import DecoderLM
 from .latent_attention import LatentAttention
 from .layer_norm import LayerNorm
 from .linear import Linear
@@ -27,6 +29,7 @@ from .multi_head_attention import MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
+from .transformer import Transformer
 
 F64 = np.float64
 TOLERANCE = 1e-6  # the bound on the worst relative error in float64
@@ -65,6 +68,8 @@ def _cases():
     yield Case("LayerNorm", LayerNorm(d, dtype=F64), (seq,), {})
     yield Case("RMSNorm", RMSNorm(d, dtype=F64), (seq,), {})
     yield Case("SinusoidalPositionalEncoding", SinusoidalPositionalEncoding(d, max_len=16), (seq,), {"offset": 2})
+    yield Case("SinusoidalPositionalEncoding (split, Marian)",
+               SinusoidalPositionalEncoding(d, max_len=16, layout="split"), (seq,), {"offset": 1})
     yield Case("LearnedPositionalEmbedding", LearnedPositionalEmbedding(d, max_len=16, seed=0, dtype=F64),
                (seq,), {"offset": 1})
     yield Case("RotaryEmbedding", RotaryEmbedding(4, max_len=16), (_x(B, h, N, 4), _x(B, h, S, 4, seed=1)), {})
@@ -88,6 +93,9 @@ def _cases():
     yield Case("MultiHeadAttention (block-local)", MultiHeadAttention(d, h, block_size=2, seed=0, dtype=F64),
                (seq,), {})
     yield Case("LatentAttention", LatentAttention(d, h, 3, seed=0, dtype=F64), (seq,), {"key_padding_mask": pad})
+    yield Case("MultiHeadAttention (q/k/v bias only, RoPE base)",
+               MultiHeadAttention(d, h, bias=False, qkv_bias=True, rotary=True, rope_base=500.0, seed=0, dtype=F64),
+               (seq,), {"is_causal": True})
     for norm_first in (False, True):
         for norm in ("layernorm", "rmsnorm"):
             label = f"{'pre' if norm_first else 'post'}-norm, {norm}"
@@ -100,6 +108,19 @@ def _cases():
     yield Case("Encoder (token ids, 2 layers, final norm)",
                Encoder(d, h, 12, 2, 0.0, final_norm=True, vocab_size=11, max_len=16, seed=0, dtype=F64),
                (np.array([[1, 3, 5, 3], [10, 1, 0, 2]]),), {})
+    yield Case("EncoderModel (BERT: token types, transform head)",
+               EncoderModel(11, d, h, 12, 1, dropout=0.0, max_len=16, num_token_types=2, head="transform",
+                            tie_embeddings=True, seed=0, dtype=F64),
+               (np.array([[1, 3, 5, 3], [10, 1, 0, 2]]),), {"token_type_ids": np.array([[0, 0, 1, 1], [0, 1, 1, 1]])})
+    yield Case("DecoderLM (Mistral/Qwen2: window, q/k/v bias)",
+               DecoderLM(11, d, h, 12, 1, activation="swiglu", bias=False, qkv_bias=True, norm="rmsnorm", rotary=True,
+                         positional=None, max_len=16, tie_embeddings=False, rope_base=500.0, window=2, seed=0,
+                         dtype=F64),
+               (np.array([[1, 3, 5, 3], [10, 1, 0, 2]]),), {})
+    yield Case("Transformer (Marian: split sinusoids, no norm)",
+               Transformer(11, 11, d, h, 12, 1, 1, dropout=0.0, activation="silu", max_len=16, tie_embeddings=True,
+                           final_norm=False, positional_layout="split", seed=0, dtype=F64),
+               (np.array([[1, 3, 5, 3], [10, 1, 0, 2]]), np.array([[1, 2, 3], [4, 5, 6]])), {})
     yield Case("Decoder (embeddings, 2 layers, learned positions)",
                Decoder(d, h, 12, 2, 0.0, norm_first=True, final_norm=True, positional="learned", max_len=16,
                        seed=0, dtype=F64),
