@@ -241,6 +241,8 @@ class TrainResult:
     target_tokens: int = 0
     num_parameters: int = 0
     world_size: int = 1  # processes under torchrun (torch backend)
+    fsdp: bool = False  # parameters, gradients and optimizer state sharded over them (FSDP2) instead of DDP
+    mixed_precision: str | None = None  # FSDP2's compute dtype when not the parameters' (bf16, fp16)
     files: dict = field(default_factory=dict)
 
     @property
@@ -255,7 +257,8 @@ class TrainResult:
         return data
 
 
-def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = True) -> TrainResult:
+def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = True, fsdp: bool = False,
+          mixed_precision: str | None = None) -> TrainResult:
     """Train a Transformer on config's task, score it on the held-out split, write the outputs.
 
     Per step: a fresh batch; logits = model(src, tgt_in) with source padding masked; label-
@@ -267,26 +270,41 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
     core makes this model's many small matrix products about 20 times slower on a busy 2-core
     machine (docs/training.md, "Where the time went"). The torch backend's own thread pool is
     held to the same count for the run.
+
+    fsdp (torch backend, under torchrun): shard parameters, gradients and optimizer state over
+    the ranks with FSDP2 instead of replicating them with DDP; mixed_precision "bf16"/"fp16"
+    computes in that dtype. Evaluation and the checkpoint use the whole model gathered from the
+    shards (docs/distributed.md, "DDP vs FSDP").
     """
     from threadpoolctl import threadpool_limits
 
     start = time.perf_counter()
     config = check_config(dict(config))
+    check_fsdp(backend, fsdp, mixed_precision)
     rt = load_backend(backend)
     module_name = BACKENDS[backend]
     task = make_task_from_config(config)
     model = rt.Transformer(**model_config(config, task.vocab_size), seed=config["seed"])
     loss_fn = rt.CrossEntropyLoss(ignore_index=PAD, label_smoothing=config["label_smoothing"])
+    result = TrainResult(config=config, backend=backend, num_parameters=sum(int(np.prod(p.shape))
+                                                                            for p in model.parameters()),
+                         fsdp=fsdp, mixed_precision=mixed_precision)
+
+    dist = _distributed(backend)  # torch: DDP (or FSDP2) under torchrun, a world of one otherwise
+    if fsdp and not dist.enabled:
+        raise ValueError("--fsdp (fsdp=True) needs processes to shard over: expected a run launched by torchrun, "
+                         "e.g. torchrun --nproc_per_node=2 -m rosetta.cli train --backend torch --fsdp, "
+                         "got a plain process (no RANK/WORLD_SIZE in the environment)")
+    if dist and dist.enabled:
+        dist.seed_dropout(model, config["seed"])
+    if fsdp:  # the model itself, its parameters now DTensor shards
+        model = step_model = dist.fully_shard(model, mixed_precision)
+    else:
+        step_model = dist.wrap(model) if dist else model
+    # built after sharding, from the shards: under FSDP its state is sharded too
     optimizer = rt.AdamW(model.parameters(), lr=config["lr"], betas=tuple(config["betas"]), eps=config["eps"],
                          weight_decay=config["weight_decay"])
     schedule = make_schedule(rt, config, optimizer)
-    result = TrainResult(config=config, backend=backend, num_parameters=sum(int(np.prod(p.shape))
-                                                                            for p in model.parameters()))
-
-    dist = _distributed(backend)  # torch: DDP under torchrun, a world of one otherwise
-    step_model = dist.wrap(model) if dist else model
-    if dist and dist.enabled:
-        dist.seed_dropout(model, config["seed"])
     is_main = dist is None or dist.is_main
 
     with threadpool_limits(limits=config["threads"], user_api="blas"), _backend_threads(backend, config["threads"]):
@@ -321,6 +339,9 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
             bar.update(1)
         bar.close()
         result.train_seconds = time.perf_counter() - train_start
+        if fsdp:  # every rank gathers the whole model from the shards: evaluation and the checkpoint use it
+            model = rt.Transformer(**model_config(config, task.vocab_size), seed=config["seed"])
+            model.load_state_dict(dist.full_state_dict(step_model))
 
         eval_start = time.perf_counter()
         model.eval()
@@ -340,8 +361,22 @@ def train(config: dict, backend: str = "numpy", out_dir=None, progress: bool = T
     return result
 
 
+def check_fsdp(backend: str, fsdp, mixed_precision) -> None:
+    """Refuse FSDP options the run cannot honour (the process group is checked once it is set up)."""
+    if not isinstance(fsdp, bool):
+        raise TypeError(f"fsdp must be a bool, got {describe(fsdp)}")
+    if mixed_precision is not None and not fsdp:
+        raise ValueError(f"--fsdp-mixed-precision (mixed_precision) needs --fsdp, got {mixed_precision!r} without it")
+    if fsdp and backend != "torch":
+        raise ValueError(f"--fsdp needs --backend torch (FSDP2 shards torch modules), got --backend {backend}")
+    if mixed_precision is not None:
+        from accelerated.torch.distributed import MIXED_PRECISION
+
+        check_choice("--fsdp-mixed-precision (mixed_precision)", mixed_precision, set(MIXED_PRECISION))
+
+
 def _distributed(backend: str):
-    """The torch backend trains through accelerated.torch.distributed (DDP under torchrun)."""
+    """The torch backend trains through accelerated.torch.distributed (DDP or FSDP2 under torchrun)."""
     if backend != "torch":
         return None
     from accelerated.torch.distributed import setup_distributed
@@ -535,6 +570,11 @@ def add_commands(sub) -> None:
     train_cmd.add_argument("--seed", type=int, help="seed of the model, the data and the held-out split")
     train_cmd.add_argument("--out", help="output folder (default: runs/<task>)")
     train_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    train_cmd.add_argument("--fsdp", action="store_true",
+                           help="torch under torchrun: shard parameters, gradients and optimizer state over the "
+                                "processes (FSDP2, ZeRO-3) instead of replicating them (DDP)")
+    train_cmd.add_argument("--fsdp-mixed-precision", metavar="bf16|fp16",
+                           help="with --fsdp: compute in this dtype, reduce gradients in float32")
     train_cmd.set_defaults(run=run_train)
 
     decode = sub.add_parser("decode", help="greedy-decode space-separated symbols with a trained checkpoint")
@@ -563,6 +603,7 @@ def run_train(args) -> int:
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
         check_config(config)
+        check_fsdp(args.backend, args.fsdp, args.fsdp_mixed_precision)
         load_backend(args.backend)
     except (BackendUnavailable, TypeError, ValueError) as error:
         return _error("train", error)
@@ -575,7 +616,8 @@ def run_train(args) -> int:
           f"steps={config['steps']}, lr={config['lr']:g} ({config['schedule']}, warm-up {config['warmup_steps']})",
           flush=True)
     try:
-        result = train(config, backend=args.backend, out_dir=out, progress=not args.quiet)
+        result = train(config, backend=args.backend, out_dir=out, progress=not args.quiet, fsdp=args.fsdp,
+                       mixed_precision=args.fsdp_mixed_precision)
     except (BackendUnavailable, TypeError, ValueError) as error:
         return _error("train", error)
     say(f"{result.num_parameters:,} parameters, final loss {result.losses[-1]:.4f}")
@@ -583,7 +625,8 @@ def run_train(args) -> int:
           f"{config['min_len']}..{config['max_len']}): {result.exact_match:.2%}")
     say(f"time: train {result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} target tokens/s), "
         f"evaluation {result.eval_seconds:.1f} s, total {result.total_seconds:.1f} s"
-        + (f", {result.world_size} processes" if result.world_size > 1 else ""))
+        + (f", {result.world_size} processes" if result.world_size > 1 else "")
+        + (f" (FSDP{', ' + result.mixed_precision if result.mixed_precision else ''})" if result.fsdp else ""))
     say("wrote " + ", ".join(result.files.values()))
     return 0
 

@@ -21,6 +21,16 @@ whose loss is a mean over ``count`` positions (tokens that are not padding) weig
 N·count / Σcount first, which makes the average the gradient of the global batch's mean loss,
 however unevenly the counted positions fall. With dropout off, N ranks then take the same
 steps as one process up to floating-point summation order (docs/distributed.md).
+
+FSDP2 (ZeRO-3) instead of DDP: ``dist.fully_shard(model)`` shards every parameter, its
+gradient and (for an optimizer built afterwards) its optimizer state over the ranks; the
+training loop is the same, and ``dist.full_state_dict(model)`` gathers whole tensors back for
+evaluation and checkpoints:
+
+    model = dist.fully_shard(model)                # each Encoder/DecoderLayer, then the root
+    optimizer = AdamW(model.parameters(), ...)     # after sharding: its state is sharded too
+    ...                                            # the same loop as above
+    state = dist.full_state_dict(model)            # every rank calls it; whole CPU tensors
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ from .checks import check_choice, describe
 
 #: the process-group backends this helper sets up: gloo (CPU, and CUDA tensors), nccl (CUDA)
 PROCESS_GROUP_BACKENDS = ("gloo", "nccl")
+#: FSDP2 mixed precision: the dtype parameters are all-gathered and computed in; gradients reduce in float32
+MIXED_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --8<-- [start:shard_bounds]
@@ -111,8 +123,63 @@ class DistributedContext:
 
     @staticmethod
     def unwrap(model):
-        """The module inside a DistributedDataParallel wrapper (anything else as it is)."""
+        """The module inside a DistributedDataParallel wrapper (anything else, a fully_shard model too, as it is)."""
         return model.module if isinstance(model, DistributedDataParallel) else model
+
+    # --8<-- [start:fully_shard]
+    def fully_shard(self, model, mixed_precision: str | None = None, layers=None):
+        """``model`` sharded over the ranks with FSDP2 (ZeRO-3): ``torch.distributed.fsdp.fully_shard``.
+
+        Each module of a class in ``layers`` (default: accelerated.torch's EncoderLayer and
+        DecoderLayer) becomes its own unit, then the root takes the rest (embeddings, final
+        norms, the output projection, so a tied embedding stays in one unit). Every parameter
+        becomes a DTensor of which this rank holds 1/N (dimension 0, padded); a unit's whole
+        parameters exist only while its forward or backward runs (all-gather), and its
+        gradients are reduce-scattered (averaged over ranks, as DDP's all-reduce) back to
+        shards. The model is changed in place (its class becomes an FSDP subclass) and returned.
+        Build the optimizer afterwards, from the sharded parameters, so its state is sharded too.
+
+        mixed_precision: None (compute in the parameters' dtype), "bf16" or "fp16": the dtype
+        parameters are all-gathered and computed in, gradients reduced in float32 and the
+        sharded parameters and optimizer state kept in the model's dtype.
+        Needs a process group (torchrun): a world of one without one raises ValueError.
+        """
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        if mixed_precision is not None:
+            check_choice("mixed_precision", mixed_precision, set(MIXED_PRECISION))
+        if not self.enabled:
+            raise ValueError("fully_shard needs a process group to shard over: expected a run launched by torchrun "
+                             "(e.g. torchrun --nproc_per_node=2 ...), got a world of one without one")
+        if layers is None:
+            from .decoder import DecoderLayer
+            from .encoder import EncoderLayer
+
+            layers = (EncoderLayer, DecoderLayer)
+        options = {}
+        if mixed_precision is not None:
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=MIXED_PRECISION[mixed_precision],
+                                                        reduce_dtype=torch.float32)
+        model = model.to(self.device)
+        units = [m for m in model.modules() if isinstance(m, tuple(layers)) and m is not model]
+        for unit in units:  # innermost first does not matter here: layers do not nest
+            fully_shard(unit, **options)
+        fully_shard(model, **options)
+        return model
+    # --8<-- [end:fully_shard]
+
+    @staticmethod
+    def full_state_dict(model) -> dict:
+        """``model.state_dict()`` with every sharded tensor (DTensor) gathered whole, on the CPU, on every rank.
+
+        Collective for a fully_shard model: every rank must call it (each shard is all-gathered
+        in state-dict order). Plain tensors are copied to the CPU as they are, so the result
+        loads into an unsharded model on any backend (``load_state_dict``, save_checkpoint).
+        """
+        from torch.distributed.tensor import DTensor
+
+        return {key: (value.full_tensor() if isinstance(value, DTensor) else value).detach().cpu()
+                for key, value in model.state_dict().items()}
 
     def seed_dropout(self, model, seed: int) -> None:
         """Give every rank its own dropout masks: each seeded module is reseeded from (seed, rank, its name).
