@@ -1,5 +1,6 @@
 """The training command: tasks, checkpoints, a short training run, backends and the CLI."""
 
+import importlib.util
 import json
 import struct
 import sys
@@ -396,6 +397,12 @@ def test_cli_decode_and_plot_attention(trained, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "d c b a"
     assert main(["decode", "--checkpoint", checkpoint, "b", "a", "d"]) == 0
     assert capsys.readouterr().out.strip() == "d a b"
+    if importlib.util.find_spec("torch") is not None:  # the same checkpoint decodes on the torch backend
+        assert main(["decode", "--backend", "torch", "--checkpoint", checkpoint, "b a d c"]) == 0
+        assert capsys.readouterr().out.strip() == "c d a b"
+    if importlib.util.find_spec("cupy") is None:  # without CuPy: a clear refusal, exit status 2
+        assert main(["decode", "--backend", "cupy", "--checkpoint", checkpoint, "a"]) == 2
+        assert "backend 'cupy' is not available" in capsys.readouterr().err
     model, config = load_checkpoint(checkpoint)
     generated, text = decode_text(model, task_from_checkpoint(config), "c a")
     assert generated.tolist() == [BOS, FIRST_SYMBOL, FIRST_SYMBOL + 2, EOS] and text == "a c"

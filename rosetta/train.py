@@ -485,11 +485,11 @@ def task_from_checkpoint(config: dict) -> SyntheticTask:
                          seed=spec.get("seed", 0), heldout_size=0)
 
 
-def decode_text(model, task: SyntheticTask, text: str, max_len=None):
+def decode_text(model, task: SyntheticTask, text: str, max_len=None, backend: str = "numpy"):
     """Greedy output for space-separated symbols: (generated ids, BOS first; the output as text).
 
     max_len (tokens generated, BOS included) defaults to twice the source length plus 2, at
-    most the model's max_len.
+    most the model's max_len. ``model`` lives on ``backend`` (numpy, torch or cupy).
     """
     ids = task.encode_text(text)  # (L,)
     src = np.concatenate([ids, [EOS]])[None, :].astype(np.int64)  # (1, L + 1)
@@ -497,8 +497,9 @@ def decode_text(model, task: SyntheticTask, text: str, max_len=None):
         raise ValueError(f"text must hold at most {model.max_len - 1} symbols (the model's max_len), got {len(ids)}")
     if max_len is None:
         max_len = min(model.max_len, 2 * src.shape[1] + 2)
-    generated = _greedy("reference")(model, src, max_len, BOS, EOS, use_cache=True)  # (1, T)
-    return np.asarray(generated)[0], task.decode_ids(output_sequences(generated)[0])
+    rt = load_backend(backend)
+    generated = rt.to_numpy(rt.greedy_decode(model, rt.asarray(src), max_len, BOS, EOS, use_cache=True))  # (1, T)
+    return generated[0], task.decode_ids(output_sequences(generated)[0])
 
 
 def attention_maps(model, src, tgt_in) -> list:
@@ -579,6 +580,8 @@ def add_commands(sub) -> None:
 
     decode = sub.add_parser("decode", help="greedy-decode space-separated symbols with a trained checkpoint")
     decode.add_argument("--checkpoint", required=True, help="a model.safetensors written by rosetta train")
+    decode.add_argument("--backend", default="numpy", choices=sorted(BACKENDS),
+                        help="numpy (the reference, default), torch or cupy")
     decode.add_argument("--max-len", type=int, help="most tokens to generate, BOS included "
                                                     "(default: twice the input length + 2)")
     decode.add_argument("tokens", nargs="+", help='the source symbols, e.g. "a b c d"')
@@ -631,18 +634,19 @@ def run_train(args) -> int:
     return 0
 
 
-def _load_for_inference(path):
+def _load_for_inference(path, backend: str = "numpy"):
     from .checkpoint import load_checkpoint
 
-    model, config = load_checkpoint(path)
+    model, config = load_checkpoint(path, backend=load_backend(backend))
+    model.eval()
     return model, task_from_checkpoint(config)
 
 
 def run_decode(args) -> int:
     try:
-        model, task = _load_for_inference(args.checkpoint)
-        _, text = decode_text(model, task, " ".join(args.tokens), args.max_len)
-    except (TypeError, ValueError) as error:
+        model, task = _load_for_inference(args.checkpoint, args.backend)
+        _, text = decode_text(model, task, " ".join(args.tokens), args.max_len, args.backend)
+    except (TypeError, ValueError, BackendUnavailable) as error:
         return _error("decode", error)
     print(text)
     return 0
