@@ -638,6 +638,7 @@ BUILDERS = {
     "Transformer": lambda e, **k: e.rt.Transformer(5, 5, 4, 2, 8, 1, 1, max_len=8, **k, **e.kw()),
     "DecoderLM": lambda e, **k: e.rt.DecoderLM(5, 4, 2, 8, 1, max_len=8, **k, **e.kw()),
     "EncoderModel": lambda e, **k: e.rt.EncoderModel(5, 4, 2, 8, 1, max_len=8, **k, **e.kw()),
+    "QuantizedLinear": lambda e, **k: e.rt.QuantizedLinear(64, 3, **k, dtype=e.dt),
     "SGD": lambda e, **k: e.rt.SGD(e.rt.Linear(2, 2, **e.kw()).parameters(), 0.1, 0.9, **k),
 }
 
@@ -821,7 +822,69 @@ DDP_ROWS = [
         why="DDP and FSDP wrap torch modules; the other backends have no such wrapper"),
 ]
 
-ROWS = ARGUMENT_ROWS + OPTIMIZER_ROWS + FLAG_ROWS + OTHER_ROWS + BACKWARD_ROWS + DTYPE_ROWS + DDP_ROWS
+# ---- quantization (reference/quantization.py; its math is tested in test_quantization.py) -------------
+
+
+def quantized(**options) -> Callable:
+    """build: QuantizedLinear(64 → 3) of a seeded Linear, with ``options``."""
+    return lambda e: e.rt.QuantizedLinear.from_linear(e.rt.Linear(64, 3, **e.kw()), **options)
+
+
+def quantized_lm(e):
+    """A fresh quantized DecoderLM (quantize_model changes the model, so not the cached one)."""
+    return e.rt.quantize_model(e.rt.DecoderLM(11, 8, 2, 8, 1, max_len=6, **e.kw()))
+
+
+def non_finite_linear(e):
+    m = e.rt.Linear(64, 3, **e.kw())
+    m.load_state_dict({"weight": e.a(np.full((3, 64), np.nan)), "bias": e.f(3)})
+    return m
+
+
+QUANTIZATION_ROWS = [
+    *[Row(f"QuantizedLinear({options})", None,
+          lambda e, _, options=options: e.rt.QuantizedLinear(64, 3, **options, dtype=e.dt), error, argument)
+      for options, error, argument in (
+          (dict(bits=3), V, "bits"), (dict(bits=8.0), T, "bits"), (dict(bits=4), V, "group_size"),
+          (dict(bits=4, group_size=16), V, "group_size"), (dict(bits=4, group_size="32"), T, "group_size"),
+          (dict(bits=8, group_size=32), V, "group_size"),
+          (dict(bits=4, group_size=32, outlier_threshold=6.0), V, "outlier_threshold"),
+          (dict(outlier_threshold=-1.0), V, "outlier_threshold"), (dict(outlier_threshold=math.nan), V,
+                                                                   "outlier_threshold"),
+          (dict(outlier_threshold="big"), T, "outlier_threshold"))],
+    Row("QuantizedLinear(48, 3, bits=4, group_size=32): in_features not divisible by group_size", None,
+        lambda e, _: e.rt.QuantizedLinear(48, 3, bits=4, group_size=32, dtype=e.dt), V, "in_features"),
+    Row("QuantizedLinear.from_linear(a non-finite weight)", non_finite_linear,
+        lambda e, m: e.rt.QuantizedLinear.from_linear(m), V, "linear.weight"),
+    Row("QuantizedLinear.from_linear(calibration of the wrong width)", None,
+        lambda e, _: e.rt.QuantizedLinear.from_linear(e.rt.Linear(64, 3, **e.kw()), calibration=e.f(5, 32)), V,
+        "calibration"),
+    Row("QuantizedLinear.from_linear(calibration=[1.0])", None,
+        lambda e, _: e.rt.QuantizedLinear.from_linear(e.rt.Linear(64, 3, **e.kw()), calibration=[1.0]), T,
+        "calibration"),
+    Row("QuantizedLinear.from_linear(not a Linear)", None,
+        lambda e, _: e.rt.QuantizedLinear.from_linear(e.rt.LayerNorm(4, dtype=e.dt)), T, "linear"),
+    Row("QuantizedLinear x of the wrong dtype", quantized(), lambda e, m: m(e.f(2, 64, dtype=e.other)), T, "x"),
+    Row("QuantizedLinear x of the wrong size", quantized(bits=4, group_size=32), lambda e, m: m(e.f(2, 32)), V, "x"),
+    Row("QuantizedLinear.backward", after_forward(quantized(outlier_threshold=1.0), lambda e: e.f(2, 64)),
+        lambda e, m: m.backward(e.f(2, 3)), V, "backward"),
+    Row("quantized model backward", lambda e: (quantized_lm(e), e.ids((1, 3))),
+        lambda e, built: built[0].backward(e.f(*tuple(built[0](built[1]).shape))), V, "backward"),
+    Row("quantize_model(bits=4, group_size=32) of a model with d_model=8", None,
+        lambda e, _: e.rt.quantize_model(e.rt.DecoderLM(11, 8, 2, 8, 1, max_len=6, **e.kw()), bits=4, group_size=32),
+        V, "in_features"),
+    Row("quantize_model of a quantized model", quantized_lm, lambda e, m: e.rt.quantize_model(m), V, "model"),
+    Row("quantize_model of a Linear", None, lambda e, _: e.rt.quantize_model(e.rt.Linear(4, 3, **e.kw())), T, "model"),
+    Row("quantize_model(bits=2)", None,
+        lambda e, _: e.rt.quantize_model(e.rt.DecoderLM(11, 8, 2, 8, 1, max_len=6, **e.kw()), bits=2), V, "bits"),
+    Row("QuantizedLinear load_state_dict of a float weight", quantized(),
+        lambda e, m: m.load_state_dict({"weight": e.f(3, 64), "weight_scale": e.f(3), "bias": e.f(3)}), T, "weight"),
+    Row("Linear load_state_dict of int8 codes", lambda e: e.rt.Linear(64, 3, **e.kw()),
+        lambda e, m: m.load_state_dict({"weight": e.a(np.ones((3, 64), np.int8)), "bias": e.f(3)}), T, "weight"),
+]
+
+ROWS = (ARGUMENT_ROWS + OPTIMIZER_ROWS + FLAG_ROWS + OTHER_ROWS + BACKWARD_ROWS + DTYPE_ROWS + DDP_ROWS
+        + QUANTIZATION_ROWS)
 NAMES = [row.name for row in ROWS]
 assert len(set(NAMES)) == len(NAMES), "row names must be unique"
 assert all(row.why for row in ROWS if row.only), "a row limited to some backends says why"

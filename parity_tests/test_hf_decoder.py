@@ -12,13 +12,18 @@ and safetensors alone. transformers is the oracle:
 * save_pretrained → transformers' from_pretrained gives the same logits (after a training step too);
 * every refusal names what it refuses.
 
+"llama3" and "llama-linear" are Llama checkpoints with scaled RoPE (rope_type "llama3", Llama
+3.1's, chosen so that its three regimes occur; rope_type "linear").
+
 transformers computes RMSNorm and the RoPE tables in float32 whatever the model's dtype;
-``float64_oracle`` recomputes both (same formulas) in float64 so that it is a float64 oracle.
+``float64_oracle`` recomputes both (same formulas) in float64 so that it is a float64 oracle
+(test_scaled_rope_oracle_is_transformers checks its scaled frequencies against transformers').
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import types
@@ -37,14 +42,29 @@ from hypothesis import strategies as st  # noqa: E402
 import reference as R  # noqa: E402
 from accelerated import cupy_emulator  # noqa: E402
 from parity_tests.strategies import examples  # noqa: E402
-from parity_tests.tolerances import FORWARD_TOL, HF_GRADIENT_TOL, HF_LOGITS_TOL, relative_error  # noqa: E402
+from parity_tests.tolerances import (  # noqa: E402
+    FORWARD_TOL,
+    HF_GRADIENT_TOL,
+    HF_LOGITS_TOL,
+    HF_ROPE_FREQUENCY_TOL,
+    relative_error,
+)
 from rosetta.hf import load_pretrained, read_checkpoint, save_pretrained, write_checkpoint  # noqa: E402
 from rosetta.hf.folder import TensorSource  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-ARCHS = ["gpt2", "llama", "llama-tied", "mistral", "qwen2"]
+ARCHS = ["gpt2", "llama", "llama-tied", "mistral", "qwen2", "llama3", "llama-linear"]
+#: the scaled-RoPE archs' rope_parameters (besides rope_theta). llama3: with base 500 and head_dim 8
+#: the wavelengths 2π/θ_i are 6.3, 30, 140, 664: below L/β = 8 (kept), between (smoothed), above L/α = 32 (÷ factor)
+ROPE_SCALING = {
+    "llama3": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+    "llama-linear": {"rope_type": "linear", "factor": 2.5},
+}
+#: head_dim of the fixed-size checkpoints (the llama3 regimes need at least three feature pairs)
+HEAD_DIM = {"llama3": 8}
 EMULATION_MISSING = cupy_emulator.unavailable_reason()
 VOCAB = 64
 POSITIONS = 64
@@ -74,10 +94,36 @@ def float64_oracle(model):
         elif name.endswith("RotaryEmbedding"):
             config = module.config
             dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-            base = config.rope_parameters["rope_theta"]
-            module.inv_freq64 = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+            module.inv_freq64 = oracle_inverse_frequencies(config.rope_parameters, dim)
             module.forward = types.MethodType(_rope_forward, module)
     return model
+
+
+def oracle_inverse_frequencies(parameters: dict, dim: int):
+    """transformers' RoPE frequencies (modeling_rope_utils) in float64 (dim/2,); "llama3" written as
+    Meta's apply_scaling (a loop with one branch per regime), apart from rosetta's vectorized form."""
+    base = parameters["rope_theta"]
+    freqs = [base ** (-i / dim) for i in range(0, dim, 2)]
+    kind = parameters.get("rope_type", "default")
+    if kind == "linear":
+        freqs = [freq / parameters["factor"] for freq in freqs]
+    elif kind == "llama3":
+        scale, low, high = parameters["factor"], parameters["low_freq_factor"], parameters["high_freq_factor"]
+        old_context = parameters["original_max_position_embeddings"]
+        scaled = []
+        for freq in freqs:
+            wavelen = 2 * math.pi / freq
+            if wavelen < old_context / high:
+                scaled.append(freq)
+            elif wavelen > old_context / low:
+                scaled.append(freq / scale)
+            else:
+                smooth = (old_context / wavelen - low) / (high - low)
+                scaled.append((1 - smooth) * freq / scale + smooth * freq)
+        freqs = scaled
+    else:
+        assert kind == "default", kind
+    return torch.tensor(freqs, dtype=torch.float64)
 
 
 def hf_config(arch: str, head_dim: int, heads: int, kv_heads: int, layers: int = 2, window=None):
@@ -89,6 +135,8 @@ def hf_config(arch: str, head_dim: int, heads: int, kv_heads: int, layers: int =
     common = dict(vocab_size=VOCAB, hidden_size=d, intermediate_size=d + 8, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=POSITIONS,
                   rope_theta=500.0, **ids)
+    if arch in ROPE_SCALING:
+        return transformers.LlamaConfig(**common, rope_scaling=dict(ROPE_SCALING[arch]))
     if arch in ("llama", "llama-tied"):
         return transformers.LlamaConfig(**common, tie_word_embeddings=arch == "llama-tied")
     if arch == "mistral":
@@ -97,10 +145,11 @@ def hf_config(arch: str, head_dim: int, heads: int, kv_heads: int, layers: int =
 
 
 @lru_cache(maxsize=None)
-def checkpoint(arch: str, head_dim: int = 4, heads: int = 4, kv_heads: int = 2, layers: int = 2, window=3,
+def checkpoint(arch: str, head_dim=None, heads: int = 4, kv_heads: int = 2, layers: int = 2, window=3,
                seed: int = 0):
     """(folder, float64 transformers model) of a tiny random checkpoint; weights N(0, 0.3²), so that
-    the logits are far from uniform (LayerNorm/RMSNorm gains 1 + N(0, 0.3²))."""
+    the logits are far from uniform (LayerNorm/RMSNorm gains 1 + N(0, 0.3²)). head_dim None: HEAD_DIM or 4."""
+    head_dim = HEAD_DIM.get(arch, 4) if head_dim is None else head_dim
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(hf_config(arch, head_dim, heads, kv_heads, layers, window),
                                                           attn_implementation="sdpa")
@@ -275,6 +324,8 @@ def test_export_round_trip_through_transformers(arch, tmp_path):
     for name in original:
         np.testing.assert_array_equal(written[name], original[name], err_msg=name)
     assert config["model_type"] == hf.config.model_type and config["architectures"] == [type(hf).__name__]
+    rope_fields = ("rope_theta", "rope_scaling", "rope_parameters")  # the scaled RoPE goes back out as it came
+    assert {f: config.get(f) for f in rope_fields} == {f: read_checkpoint(folder)[0].get(f) for f in rope_fields}
     # a training step (the hand-written backward, SGD), exported: transformers computes what rosetta does
     loss_fn = R.CrossEntropyLoss()
     out = model(ids)
@@ -322,8 +373,15 @@ def setter(**fields):
 
 
 CONFIG_REFUSALS = [
-    ("llama", setter(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
+    ("llama", setter(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "rope_scaling"),
     ("llama", setter(rope_parameters={"rope_type": "yarn", "rope_theta": 500.0, "factor": 4.0}), "rope_parameters"),
+    ("llama", setter(rope_parameters={"rope_type": "longrope", "rope_theta": 500.0}), "rope_parameters"),
+    ("llama", setter(rope_scaling={"type": "su", "factor": 2.0}), "rope_scaling"),
+    ("llama", setter(rope_scaling={"rope_type": "new_kind", "factor": 2.0}), "rope_scaling"),
+    ("llama3", setter(rope_parameters={**ROPE_SCALING["llama3"], "high_freq_factor": 1.0}), "rope_parameters"),
+    ("llama3", setter(rope_parameters={**ROPE_SCALING["llama3"], "partial_rotary_factor": 0.5}), "rope_parameters"),
+    ("llama-linear", setter(rope_parameters={"rope_type": "linear", "rope_theta": 500.0}), "rope_parameters"),
+    ("llama-linear", setter(rope_parameters={"rope_type": "linear", "factor": -2.0}), "rope_parameters"),
     ("llama", setter(hidden_act="relu"), "hidden_act"),
     ("gpt2", setter(activation_function="quick_gelu"), "activation_function"),
     ("llama", setter(head_dim=16), "head_dim"),
@@ -458,3 +516,115 @@ def test_qwen2_sliding_window_on_every_layer(tmp_path):
     model = load_pretrained(tmp_path / "qwen2", dtype="float64")
     assert model.decoder.layers[1].self_attn.window == 3
     assert relative_error(run_logits(R, model, ids, mask), hf_logits(hf, ids, mask)) <= HF_LOGITS_TOL
+
+
+# ---- scaled RoPE (rope_type "llama3" and "linear") ----------------------------------------------
+
+
+@pytest.mark.parametrize("arch", sorted(ROPE_SCALING))
+def test_scaled_rope_oracle_is_transformers(arch):
+    """The oracle's float64 frequencies are transformers' (float32) ones; llama3's three regimes all occur."""
+    _, hf = checkpoint(arch)
+    rotary = hf.model.rotary_emb
+    assert hf.config.rope_parameters["rope_type"] == ROPE_SCALING[arch]["rope_type"]
+    assert relative_error(rotary.inv_freq, rotary.inv_freq64) <= HF_ROPE_FREQUENCY_TOL
+    plain = oracle_inverse_frequencies({"rope_theta": 500.0}, HEAD_DIM.get(arch, 4))
+    ratio = (rotary.inv_freq64 / plain).numpy()  # 1 kept, 1/factor scaled, in between smoothed
+    factor = ROPE_SCALING[arch]["factor"]
+    kept, scaled = np.isclose(ratio, 1.0, rtol=0, atol=0), np.isclose(ratio, 1 / factor, rtol=0, atol=0)
+    if arch == "llama3":
+        assert kept.any() and scaled.any() and (~kept & ~scaled).any(), ratio
+    else:
+        assert scaled.all(), ratio
+    model = load_pretrained(checkpoint(arch)[0], dtype="float64")
+    assert model.decoder.layers[1].self_attn.rotary.rope_scaling == {**ROPE_SCALING[arch]}
+
+
+@pytest.mark.parametrize("arch", sorted(ROPE_SCALING))
+def test_scaled_rope_is_not_vacuous(arch, tmp_path):
+    """Dropping the scaling from the config changes the logits far beyond the tolerance."""
+    folder, hf = checkpoint(arch)
+    ids, mask = padded_batch(9, 2, 12, "none")
+    plain = load_pretrained(edited(tmp_path, arch, config_edit=setter(rope_parameters={"rope_theta": 500.0})),
+                            dtype="float64")
+    assert plain.decoder.layers[0].self_attn.rotary.rope_scaling is None
+    changed = relative_error(run_logits(R, plain, ids, mask), hf_logits(hf, ids, mask))
+    assert changed > FORWARD_TOL[np.dtype(np.float32)], changed
+
+
+def test_llama3_config_in_the_transformers4_layout(tmp_path):
+    """Llama 3.1's own config.json layout: rope_theta beside rope_scaling, and the old "type" key."""
+    def transformers4(config):
+        parameters = dict(config.pop("rope_parameters"))
+        config["rope_theta"] = parameters.pop("rope_theta")
+        parameters["type"] = parameters.pop("rope_type")
+        config["rope_scaling"] = parameters
+
+    folder, hf = checkpoint("llama3")
+    old = edited(tmp_path, "llama3", config_edit=transformers4)
+    assert "rope_parameters" not in json.loads((old / "config.json").read_text())
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(old, dtype=torch.float64)
+    assert torch.equal(reloaded.model.rotary_emb.inv_freq, hf.model.rotary_emb.inv_freq)  # transformers: the same
+    ids, mask = padded_batch(10, 2, 10, "left")
+    keep = mask == 1
+    for rt in (R, torch_rt()):
+        model = load_pretrained(old, backend=rt, dtype="float64")
+        got = run_logits(rt, model, ids, mask)
+        assert relative_error(got[keep], hf_logits(hf, ids, mask)[keep]) <= HF_LOGITS_TOL, rt.__name__
+
+
+BAD_ROPE_SCALING = [
+    ("linear", TypeError, "rope_scaling must be None or a dict"),
+    ({"factor": 2.0}, ValueError, "rope_scaling must have a 'rope_type'"),
+    ({"rope_type": "yarn", "factor": 2.0}, ValueError, r"rope_scaling\['rope_type'\] must be one of"),
+    ({"rope_type": 3}, TypeError, r"rope_scaling\['rope_type'\] must be a str"),
+    ({"rope_type": "linear"}, ValueError, r"rope_scaling\['factor'\] is missing"),
+    ({"rope_type": "linear", "factor": 2.0, "beta": 1}, ValueError, r"rope_scaling\['beta'\] is not a field"),
+    ({"rope_type": "linear", "factor": 0.0}, ValueError, r"rope_scaling\['factor'\] must be a finite float > 0"),
+    ({"rope_type": "linear", "factor": "2"}, TypeError, r"rope_scaling\['factor'\] must be a positive float"),
+    ({**ROPE_SCALING["llama3"], "high_freq_factor": 0.5}, ValueError, r"rope_scaling\['high_freq_factor'\] must be"),
+    ({**ROPE_SCALING["llama3"], "original_max_position_embeddings": 32.0}, TypeError,
+     r"rope_scaling\['original_max_position_embeddings'\] must be an int"),
+]
+
+
+@pytest.mark.parametrize("bad, error, message", BAD_ROPE_SCALING, ids=[
+    "not-a-dict", "no-type", "refused-type", "type-not-str", "missing-field", "extra-field", "zero-factor",
+    "str-factor", "high-below-low", "float-length"])
+def test_rope_scaling_argument_is_checked_alike_on_every_backend(bad, error, message):
+    """A bad rope_scaling raises the same error, naming the field, from RotaryEmbedding, MultiHeadAttention
+    (with rotary=False too) and DecoderLM on every backend."""
+    def constructors(rt):
+        yield lambda: rt.RotaryEmbedding(8, 16, rope_scaling=bad)
+        yield lambda: rt.MultiHeadAttention(16, 2, rope_scaling=bad)
+        yield lambda: rt.DecoderLM(VOCAB, 16, 2, 8, 1, rotary=True, positional=None, max_len=16, rope_scaling=bad)
+
+    namespaces = [R, torch_rt()]
+    for rt in namespaces:
+        for build in constructors(rt):
+            with pytest.raises(error, match=message):
+                build()
+    if EMULATION_MISSING is None:
+        with cupy_emulator.emulated_cupy() as rt:
+            for build in constructors(rt):
+                with pytest.raises(error, match=message):
+                    build()
+
+
+def test_rope_scaling_tables_agree_on_every_backend():
+    """The scaled tables are the reference's everywhere, and differ from the plain ones."""
+    scaling = ROPE_SCALING["llama3"]
+    reference = R.RotaryEmbedding(8, 64, 500.0, rope_scaling=scaling)
+    plain = R.RotaryEmbedding(8, 64, 500.0)
+    assert relative_error(reference.cos_table, plain.cos_table) > FORWARD_TOL[np.dtype(np.float32)]
+
+    def check(rt):
+        table = rt.RotaryEmbedding(8, 64, 500.0, rope_scaling=scaling)
+        np.testing.assert_array_equal(rt.to_numpy(table.cos_table), reference.cos_table, err_msg=str(rt))
+        np.testing.assert_array_equal(rt.to_numpy(table.sin_table), reference.sin_table, err_msg=str(rt))
+        assert table.rope_scaling == scaling
+
+    check(torch_rt())
+    if EMULATION_MISSING is None:
+        with cupy_emulator.emulated_cupy() as rt:
+            check(rt)

@@ -167,6 +167,41 @@ HF_LOGITS_TOL = 1e-10
 # the forward's roundings and some entries are cancellations of terms ≈ the gradient's scale;
 # observed ≈ 1e-14 of each gradient's largest entry, the issue's bound is 1e-8.
 HF_GRADIENT_TOL = 1e-8
+# transformers' scaled RoPE frequencies (computed in float32: arange, a power, a division, for llama3
+# a blend of two terms) against the float64 oracle's: each step rounds by u32 ≈ 6e-8, a handful of
+# steps; observed ≤ 4.5e-8 relative. A wrong regime or formula errs by 20% or more (factor ≥ 1.25).
+HF_ROPE_FREQUENCY_TOL = 1e-6
+# A beam-search hypothesis' score log P / n^length_penalty, rosetta (float64) against transformers, which
+# casts the logits to float32 and sums the log-probabilities in float32: ≤ 8 steps of u32 ≈ 6e-8 on
+# terms of the size of the sum; observed ≤ 1.7e-7 relative. A wrong length (n off by one) errs by ≥ 10%.
+HF_BEAM_SCORE_TOL = 1e-5
+
+# ---- ONNX export (parity_tests/test_onnx_export.py) ------------------------------------------------
+# The same float32 weights through onnxruntime's CPU kernels and torch's: the graph is the model's
+# own operations, but the two libraries fuse, order and vectorize the sums of matmuls, softmax and
+# norms differently, so each of a few layers' dependent roundings (u32 ≈ 6e-8) may differ;
+# observed ≤ 1e-6 of the largest logit (Llama's RMSNorm/RoPE, BERT, GPT-2, encoder-decoder). The
+# issue's bound is 1e-5; a wrong mask, a lost padding or a specialized axis errs by O(1).
+ONNX_LOGITS_TOL = 1e-5
+
+
+# ---- weight quantization (reference/quantization.py) ----------------------------------------------
+
+# |W − q·s| ≤ s/2 holds exactly in real arithmetic; in float64 the division W/s and the product q·s
+# each round once (≤ u ≈ 1.1e-16 relative to values ≤ 127.5·s ≤ 1.01·max|W|), so the slack is a few u
+# of the largest |W|; 1e-12 leaves a margin of 1e3 and is still far below any step s.
+QUANTIZED_ROUNDING = 1e-12
+
+# A quantized tiny model (d_model 32, one layer, 4–7 Linears in sequence, random weights) against
+# the float model, relative to the largest output. Each Linear's weight moves by at most s/2 per
+# entry: max|W_row|/254 (int8) or max|W_group|/14 (4 bits), so a Linear's output moves by
+# ≲ Σ|x_i|·s/2, a few tenths of a percent (int8) or several percent (4 bits) of its size for random
+# signs, and the chained Linears' errors add up through the norms and the softmax. Measured over
+# the test's five models and five seeds (float64): worst 1.6% int8, 22% 4-bit (Llama-like, SwiGLU
+# multiplies two quantized products), 2.2% LLM.int8 (whose activations are also rounded to 8 bits).
+# The bounds are 2–3× that. The exact check beside it (the quantized model equals the float model
+# with each W replaced by its Ŵ, to REORDERED) is what catches a wrong scale, packing or layout.
+QUANTIZED_MODEL_TOL = {"int8": 0.05, "int4-g32": 0.5, "llm-int8": 0.05}
 
 
 def relative_error(actual, expected, floor: float = ERROR_FLOOR) -> float:

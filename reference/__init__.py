@@ -25,6 +25,7 @@ from .module import Module, ModuleList, Parameter
 from .multi_head_attention import MultiHeadAttention
 from .optim import SGD, AdamW, WarmupCosine, WarmupInverseSqrt, clip_grad_norm_
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .quantization import QuantizedLinear, quantize_model
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
 from .transformer import Transformer
@@ -42,6 +43,8 @@ __all__ = [
     "KVCache", "greedy_decode", "beam_search", "generate",
     # training
     "CrossEntropyLoss", "SGD", "AdamW", "WarmupInverseSqrt", "WarmupCosine", "clip_grad_norm_",
+    # quantization (inference only)
+    "QuantizedLinear", "quantize_model",
     # the module protocol and arrays
     "Module", "ModuleList", "Parameter", "asarray", "to_numpy",
     # gradient checking

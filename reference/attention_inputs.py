@@ -42,6 +42,7 @@ from .checks import (  # noqa: F401  (check_compute_dtype, compute_dtypes: their
 )
 from .kv_cache import check_cache
 from .masks import check_mha_masks, merge_masks
+from .rotary import check_rope_scaling
 
 
 class ArrayOps(NamedTuple):
@@ -81,14 +82,15 @@ def array_check(xp) -> Callable:
 
 
 def check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size, bias, rotary,
-                           max_len=4096, rope_base=10000.0) -> tuple:
+                           max_len=4096, rope_base=10000.0, rope_scaling=None) -> tuple:
     """MultiHeadAttention's constructor arguments, checked (every backend's MultiHeadAttention calls this).
 
     d_model must split evenly into num_heads heads, and num_heads into num_kv_heads groups
     (None: as many kv heads as heads); dropout is a probability in [0, 1); window and
-    block_size are None or positive ints; bias and rotary are bools. max_len (a positive int)
-    and rope_base (a finite float > 0) are checked with rotary=False too: a value an argument
-    can never take is refused whether or not the argument is used.
+    block_size are None or positive ints; bias and rotary are bools. max_len (a positive int),
+    rope_base (a finite float > 0) and rope_scaling (None or a dict, rotary.check_rope_scaling) are
+    checked with rotary=False too: a value an argument can never take is refused whether or not
+    the argument is used.
     Returns (d_model, num_heads, num_kv_heads, head_dim, dropout, window, block_size).
     """
     sizes = (check_positive_int("d_model", d_model), check_positive_int("num_heads", num_heads))
@@ -103,6 +105,7 @@ def check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, bl
     check_flag("rotary", rotary)
     check_positive_int("max_len", max_len)
     check_eps("rope_base", rope_base)  # ≤ 0, NaN or inf would fill the rotary tables with NaN
+    check_rope_scaling(rope_scaling)
     return (*sizes, num_kv_heads, head_dim, dropout, window, block_size)
 
 
@@ -296,7 +299,10 @@ def check_sdpa_mask(attn_mask, target_shape: tuple, check):
 
 
 def _broadcast_shape(a: tuple, b: tuple):
-    try:
-        return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
-    except ValueError:
+    """NumPy's broadcast of two shapes, or None; in plain Python, so that torch.export's symbolic sizes
+    stay symbolic (np.broadcast_shapes turns them into constants)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    if any(x != y and x != 1 and y != 1 for x, y in zip(a, b)):
         return None
+    return tuple(y if x == 1 else x for x, y in zip(a, b))

@@ -105,7 +105,7 @@ class EncoderLayerBlueprint:
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1, activation: str = "relu",
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, bias: bool = True, num_kv_heads=None,
                  norm: str = "layernorm", rotary: bool = False, window=None, block_size=None,
-                 rope_base: float = 10000.0, qkv_bias=None, *, seed=None, dtype=None):
+                 rope_base: float = 10000.0, qkv_bias=None, rope_scaling=None, *, seed=None, dtype=None):
         super().__init__()
         nn = self.catalogue
         self.d_model = check_positive_int("d_model", d_model)
@@ -116,7 +116,8 @@ class EncoderLayerBlueprint:
         dtype = self._set_dtype(dtype)  # forward checks src (tgt, memory) against it
         self.self_attn = nn.MultiHeadAttention(
             d_model, num_heads, dropout, bias, num_kv_heads, rotary, rope_base=rope_base, window=window,
-            block_size=block_size, qkv_bias=qkv_bias, seed=child_seed(seed, "self_attn"), dtype=dtype,
+            block_size=block_size, qkv_bias=qkv_bias, rope_scaling=rope_scaling, seed=child_seed(seed, "self_attn"),
+            dtype=dtype,
         )
         if self._cross_attention:  # over the encoder's memory: no positions, no window
             self.cross_attn = nn.MultiHeadAttention(
@@ -150,7 +151,7 @@ class EncoderBlueprint:
                  num_kv_heads=None, norm: str = "layernorm", rotary: bool = False, window=None, block_size=None,
                  final_norm: bool = False, vocab_size=None, max_len: int = 5000, positional="sinusoidal",
                  scale_embedding: bool = True, padding_idx=None, rope_base: float = 10000.0, qkv_bias=None,
-                 positional_layout: str = "interleaved", *, seed=None, dtype=None):
+                 positional_layout: str = "interleaved", rope_scaling=None, *, seed=None, dtype=None):
         super().__init__()
         config = StackConfig(
             d_model=d_model, num_heads=num_heads, d_ff=d_ff, dropout=dropout, activation=activation,
@@ -158,6 +159,7 @@ class EncoderBlueprint:
             rotary=rotary, window=window, block_size=block_size, num_layers=num_layers, final_norm=final_norm,
             vocab_size=vocab_size, max_len=max_len, positional=positional, scale_embedding=scale_embedding,
             padding_idx=padding_idx, rope_base=rope_base, qkv_bias=qkv_bias, positional_layout=positional_layout,
+            rope_scaling=rope_scaling,
         )
         build_stack(self, getattr(self.catalogue, self._layer_name), config, seed=seed, dtype=dtype)
 
@@ -266,7 +268,8 @@ class DecoderLMBlueprint:
     Submodules: decoder (an Encoder with the vocabulary and a final norm, run causally; no
     embedding scale), lm_head (Linear d → V, no bias). Token tables start as N(0, 0.02²). Tied
     (tie_embeddings=True, GPT-2): lm_head.weight is decoder.embedding.weight, listed once under that name.
-    rope_base (Llama's rope_theta) and window (Mistral's sliding_window) go to every self-attention;
+    rope_base (Llama's rope_theta), rope_scaling (Llama 3's fixed frequency scaling, see
+    rotary.rope_inverse_frequencies) and window (Mistral's sliding_window) go to every self-attention;
     qkv_bias (None: as bias) gives the q/k/v projections biases apart from the rest (Qwen2: True).
     """
 
@@ -274,7 +277,7 @@ class DecoderLMBlueprint:
                  dropout: float = 0.0, activation: str = "gelu", norm_first: bool = True, layer_norm_eps: float = 1e-5,
                  bias: bool = True, num_kv_heads=None, norm: str = "layernorm", rotary: bool = False,
                  positional="learned", max_len: int = 1024, tie_embeddings: bool = True, rope_base: float = 10000.0,
-                 window=None, qkv_bias=None, *, seed=None, dtype=None):
+                 window=None, qkv_bias=None, rope_scaling=None, *, seed=None, dtype=None):
         super().__init__()
         nn = self.catalogue
         (self.vocab_size, self.d_model, self.max_len,
@@ -287,8 +290,8 @@ class DecoderLMBlueprint:
         self.decoder = nn.Encoder(
             d_model, num_heads, d_ff, num_layers, dropout, activation, norm_first, layer_norm_eps, bias,
             num_kv_heads, norm, rotary, window=window, final_norm=True, vocab_size=vocab_size, max_len=max_len,
-            positional=positional, scale_embedding=False, rope_base=rope_base, qkv_bias=qkv_bias, seed=decoder_seed,
-            dtype=dtype,
+            positional=positional, scale_embedding=False, rope_base=rope_base, qkv_bias=qkv_bias,
+            rope_scaling=rope_scaling, seed=decoder_seed, dtype=dtype,
         )
         rotary_table = self.decoder.layers[0].self_attn.rotary
         check_max_len_fits_rotary(max_len, None if rotary_table is None else rotary_table.max_len)

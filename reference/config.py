@@ -30,6 +30,7 @@ class LayerConfig:
     block_size: int | None  # block-local self-attention (None: none)
     rope_base: float  # the rotary frequencies' base (Llama's rope_theta)
     qkv_bias: bool | None  # biases of the q/k/v projections apart from `bias` (None: as bias; Qwen2: True)
+    rope_scaling: dict | None  # the rotary frequencies' fixed scaling (Llama 3's "llama3", "linear"; None: plain)
 
     def layer_arguments(self) -> dict:
         """These fields by name: the keyword arguments of EncoderLayer and DecoderLayer."""

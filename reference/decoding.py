@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_array, check_flag, check_id_range, check_positive_int, describe
+from .checks import check_array, check_flag, check_id_range, check_name, check_positive_int, describe
 from .kv_cache import KVCache
 from .language_model import DecoderLM
 from .transformer import Transformer
@@ -35,6 +35,12 @@ class DecodingBackend:
 
 
 REFERENCE = DecodingBackend(Transformer, DecoderLM, KVCache, namespace=lambda model: model.xp, check_array=check_array)
+
+
+#: beam_search's methods: GNMT's (finished hypotheses stay in the beam) and transformers' (they leave it)
+BEAM_METHODS = ("gnmt", "transformers")
+#: early_stopping values of transformers' beam search (GenerationConfig.early_stopping)
+EARLY_STOPPING = (False, True, "never")
 
 
 def gnmt_length_penalty(length, alpha: float):
@@ -85,7 +91,8 @@ def greedy_decode_on(backend, model, src, max_len, bos_id, eos_id, src_key_paddi
 # --8<-- [end:greedy_decode_on]
 
 
-def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty=0.6, src_key_padding_mask=None):
+def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty=0.6, src_key_padding_mask=None, *,
+                method="gnmt", early_stopping=False):
     r"""Keep the beam_size best hypotheses per source, batched over sources and beams.
 
     score(y) = log P(y | x) / lp(|y|),   lp(n) = ((5 + n) / 6)^α   (GNMT, α = length_penalty)
@@ -98,20 +105,31 @@ def beam_search(model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty
     scores (B, beam_size) float64, each source's hypotheses sorted best first. beam_size=1 is
     greedy decoding. A score of −inf marks a slot with no hypothesis (fewer than beam_size
     sequences of that length exist). The model runs in eval mode during the search.
+
+    method="transformers" runs transformers' algorithm instead (lm_beam_search_on: finished
+    hypotheses leave the beam for a pool, score log P / n^length_penalty, early_stopping True,
+    False or "never"), as MarianMTModel.generate(num_beams=beam_size, length_penalty=,
+    early_stopping=) does (transformers' default length_penalty is 1.0); tokens (B, beam_size, T)
+    are then the pool, best first.
     """
     return beam_search_on(REFERENCE, model, src, max_len, bos_id, eos_id, beam_size, length_penalty,
-                          src_key_padding_mask)
+                          src_key_padding_mask, method=method, early_stopping=early_stopping)
 
 
 def beam_search_on(backend, model, src, max_len, bos_id, eos_id, beam_size=4, length_penalty=0.6,
-                   src_key_padding_mask=None):
+                   src_key_padding_mask=None, *, method="gnmt", early_stopping=False):
     """beam_search for a model of ``backend`` (a DecodingBackend)."""
     _check_model("model", model, backend.transformer)
     max_len = _check_max_len("max_len", max_len, model.max_len)
     bos_id = _check_token("bos_id", bos_id, model.tgt_vocab_size)
     eos_id = _check_token("eos_id", eos_id, model.tgt_vocab_size)
     K = check_positive_int("beam_size", beam_size)
-    alpha = _check_real("length_penalty", length_penalty, minimum=0.0)
+    method = check_name("method", method, BEAM_METHODS)
+    alpha = _check_real("length_penalty", length_penalty, minimum=0.0 if method == "gnmt" else -math.inf)
+    _check_early_stopping(early_stopping)
+    if method == "gnmt" and early_stopping is not False:
+        raise ValueError(f"early_stopping={early_stopping!r} needs method='transformers' (GNMT's search stops when "
+                         f"every hypothesis has ended)")
     xp, V = backend.namespace(model), model.tgt_vocab_size
     with _inference(model, backend):
         memory = model.encode(src, src_key_padding_mask)  # (B, S, d)  encoded once
@@ -119,6 +137,12 @@ def beam_search_on(backend, model, src, max_len, bos_id, eos_id, beam_size=4, le
         rows = xp.repeat(xp.arange(B), K)  # (B·K,)  the source of each beam row
         memory = memory[rows]  # (B·K, S, d)
         memory_mask = None if src_key_padding_mask is None else src_key_padding_mask[rows]  # (B·K, S)
+        if method == "transformers":
+            tokens, scores, _ = pooled_beam_search(
+                xp, backend.cache(), xp.full((B, 1), bos_id, dtype=xp.int64),
+                lambda step, cache: model.decode(step, memory, memory_mask, cache=cache)[:, -1], V, max_len - 1, K,
+                eos_id, alpha, early_stopping)
+            return tokens, scores
         b = xp.arange(B)[:, None]  # (B, 1)
         tokens = xp.full((B, K, 1), bos_id, dtype=xp.int64)  # (B, K, 1)
         sums = xp.full((B, K), -xp.inf, dtype=xp.float64)  # (B, K)  log P of each hypothesis
@@ -150,8 +174,93 @@ def beam_search_on(backend, model, src, max_len, bos_id, eos_id, beam_size=4, le
     return tokens[b, order], scores[b, order]
 
 
+def lm_beam_search_on(backend, model, prompt, max_new_tokens, num_beams, eos_id=None, length_penalty=1.0,
+                      early_stopping=False, use_cache=True):
+    r"""Beam search for a DecoderLM as transformers' ``generate(num_beams=K, do_sample=False)`` does it.
+
+    Hypotheses are scored by  score(y) = log P(y | prompt) / n^length_penalty,  n = the generated
+    tokens, EOS included, prompt not. K running hypotheses (never finished ones) are kept by their
+    sum of log-probabilities; each step the 2K best extensions of all of them are ranked, those
+    that end (EOS, or the max_new_tokens-th token) among the first K enter a pool of the K best
+    finished hypotheses (by score), and the K best that do not end keep running. A source is done
+    when its pool is full and (early_stopping=True) at once, or (False) when the best running
+    hypothesis scored at its current length, or ("never", with length_penalty > 0) at the longest
+    length, cannot beat the worst pooled one. Ties rank the lower (beam, token) first.
+
+    This is not beam_search's GNMT scoring, where finished hypotheses stay in the beam and compete
+    with running ones: it is the Hugging Face algorithm, so that rosetta and transformers agree.
+    prompt (B, P) int ids  →  tokens (B, K, P + n) int64 (the pool, best first; eos_id after each
+    end), scores (B, K) float64 (−inf: an empty slot) and each one's n (B, K) int64,
+    n <= max_new_tokens.
+    Checked by generate_on; the model runs in eval mode. The search itself is pooled_beam_search
+    (beam_search(method="transformers") runs it for the encoder-decoder Transformer).
+    """
+    xp = backend.namespace(model)
+    with _inference(model, backend):
+        return pooled_beam_search(xp, backend.cache() if use_cache else None, xp.asarray(prompt, dtype=xp.int64),
+                                  lambda step, cache: next_token_logits(model, step, cache), model.vocab_size,
+                                  max_new_tokens, num_beams, eos_id, length_penalty, early_stopping)
+
+
+def pooled_beam_search(xp, cache, start, next_logits, V, max_new_tokens, K, eos_id, length_penalty, early_stopping):
+    """lm_beam_search_on's search (transformers' algorithm), for any model that gives next-token logits.
+
+    start (B, P) int64: each source's first tokens (the prompt; the Transformer: BOS). next_logits(step,
+    cache) → (B·K, V): the logits after each of the B·K rows' tokens, given step, the new tokens (B·K, t)
+    (all of them the first time or when cache is None). Returns (tokens (B, K, P + n), scores (B, K),
+    lengths (B, K)) as lm_beam_search_on.
+    """
+    B, P = start.shape
+    b = xp.arange(B)[:, None]  # (B, 1)
+    fill = 0 if eos_id is None else eos_id  # after a hypothesis' end
+    running = xp.asarray(start[xp.repeat(xp.arange(B), K)].reshape(B, K, P), dtype=xp.int64)  # (B, K, P)
+    sums = xp.full((B, K), -xp.inf, dtype=xp.float64)  # (B, K)  log P of each running hypothesis
+    sums[:, 0] = 0.0  # one live hypothesis (the prompt) per source at the start
+    pool = xp.full((B, K, P), fill, dtype=xp.int64)  # (B, K, P + t)  the finished hypotheses
+    pool_scores = xp.full((B, K), -xp.inf, dtype=xp.float64)  # (B, K)  best first
+    pool_lengths = xp.zeros((B, K), dtype=xp.int64)  # (B, K)  n of each pooled hypothesis
+    open_ = xp.full(B, True, dtype=bool)  # (B,)  may a source's pool still change?
+    step = running.reshape(B * K, P)  # the first step feeds the whole prompt
+    for n in range(1, max_new_tokens + 1):  # n: the generated length of this step's extensions
+        logits = next_logits(step, cache)  # (B·K, V)
+        log_probs = _log_softmax(xp.asarray(logits, dtype=xp.float64), xp).reshape(B, K, V)  # (B, K, V)
+        extended = (sums[..., None] + log_probs).reshape(B, K * V)  # (B, K·V)  log P of every extension
+        top = xp.argsort(-extended, axis=1, kind="stable")[:, :2 * K]  # (B, 2K)  the 2K best extensions
+        beam, token = top // V, top % V  # (B, 2K) ×2
+        top_sums = extended[b, top]  # (B, 2K)
+        candidates = xp.concatenate([running[b, beam], token[..., None]], axis=-1)  # (B, 2K, P + n)
+        ends = (token == eos_id) if eos_id is not None else xp.zeros(token.shape, dtype=bool)  # (B, 2K)
+        ends = ends | (n == max_new_tokens)  # (B, 2K)  the last step ends every hypothesis
+        # the pool: the first K candidates that end, scored by their length, merged with the pool
+        full = xp.all(pool_scores > -xp.inf, axis=1)  # (B,)
+        may_enter = open_ & ~(full & (early_stopping is True))  # (B,)
+        entering = ends[:, :K] & may_enter[:, None]  # (B, K)
+        new_scores = xp.where(entering, top_sums[:, :K] / float(n) ** length_penalty, -xp.inf)  # (B, K)
+        merged_scores = xp.concatenate([pool_scores, new_scores], axis=1)  # (B, 2K)
+        merged = xp.concatenate([xp.concatenate([pool, xp.full((B, K, 1), fill, dtype=xp.int64)], axis=-1),
+                                 candidates[:, :K]], axis=1)  # (B, 2K, P + n)
+        merged_lengths = xp.concatenate([pool_lengths, xp.full((B, K), n, dtype=xp.int64)], axis=1)  # (B, 2K)
+        keep = xp.argsort(-merged_scores, axis=1, kind="stable")[:, :K]  # (B, K)  the pool first on ties
+        pool, pool_scores, pool_lengths = merged[b, keep], merged_scores[b, keep], merged_lengths[b, keep]
+        # the running hypotheses: the K best extensions that do not end
+        live = xp.argsort(-xp.where(ends, -xp.inf, top_sums), axis=1, kind="stable")[:, :K]  # (B, K)
+        running, sums = candidates[b, live], xp.where(ends, -xp.inf, top_sums)[b, live]  # (B, K, P + n), (B, K)
+        if cache is not None:
+            cache.reorder((b * K + beam[b, live]).reshape(-1))  # the cache rows follow their hypotheses
+        step = running[:, :, -1:].reshape(B * K, 1) if cache is not None else running.reshape(B * K, P + n)
+        # can a running hypothesis still beat the worst pooled one? (transformers' heuristic)
+        horizon = max_new_tokens if early_stopping == "never" and length_penalty > 0 else n
+        best_running = sums[:, 0] / float(horizon) ** length_penalty  # (B,)
+        full = xp.all(pool_scores > -xp.inf, axis=1)  # (B,)
+        open_ = open_ & (~full | (best_running > xp.min(pool_scores, axis=1)))  # (B,)
+        if n == max_new_tokens or not bool(xp.any(open_)) or (early_stopping is True and bool(xp.all(full))):
+            break
+    longest = int(pool_lengths.max()) if B else 0  # (no sources: no tokens)
+    return pool[:, :, :P + longest], pool_scores, pool_lengths
+
+
 def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None, use_cache=True, *,
-             top_p=None):
+             top_p=None, num_beams=1, length_penalty=1.0, early_stopping=False):
     r"""Continue each prompt of a DecoderLM by sampling (or greedy picking) one token at a time.
 
     p = softmax(logits / temperature) over the top_k most likely tokens (all when None), then
@@ -164,11 +273,15 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=
     eos_id) and generation stops when every row has. With use_cache=True the prompt is fed once,
     then one token per step.
 
+    num_beams > 1 (with temperature 0, no top_k/top_p) is beam search as transformers'
+    ``generate(num_beams=, do_sample=False, length_penalty=, early_stopping=)``: each row gets its
+    best hypothesis by log P / n^length_penalty (see lm_beam_search_on), eos_id-padded.
+
     prompt (B, P) int ids  →  tokens (B, P + n) int64, n <= max_new_tokens, prompt included.
     The model runs in eval mode (no dropout) during generation; its modes are restored after.
     """
     return generate_on(REFERENCE, model, prompt, max_new_tokens, temperature, top_k, eos_id, seed, use_cache,
-                       top_p=top_p)
+                       top_p=top_p, num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping)
 
 
 def next_token_logits(model, ids, cache=None):
@@ -182,7 +295,7 @@ def next_token_logits(model, ids, cache=None):
 
 
 def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seed=None,
-                use_cache=True, *, top_p=None):
+                use_cache=True, *, top_p=None, num_beams=1, length_penalty=1.0, early_stopping=False):
     """generate for a model of ``backend`` (a DecodingBackend)."""
     _check_model("model", model, backend.language_model)
     xp = backend.namespace(model)
@@ -211,6 +324,11 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise TypeError(f"seed must be an int or None, got {describe(seed)}")
     check_flag("use_cache", use_cache)
+    if _check_beams(num_beams, length_penalty, early_stopping, temperature, top_k, top_p) > 1:
+        tokens, _, lengths = lm_beam_search_on(backend, model, prompt, max_new_tokens, num_beams, eos_id,
+                                               length_penalty, early_stopping, use_cache)
+        longest = int(lengths[:, 0].max()) if lengths.shape[0] else 0
+        return tokens[:, 0, :prompt.shape[1] + longest]  # (B, P + n)  each row's best
     rng = np.random.default_rng(seed)
     with _inference(model, backend):
         tokens = xp.asarray(prompt, dtype=xp.int64)  # (B, P)
@@ -285,6 +403,24 @@ def _inference(model, backend):
     finally:
         for m, mode in modes:
             object.__setattr__(m, "training", mode)
+
+
+def _check_beams(num_beams, length_penalty, early_stopping, temperature, top_k, top_p) -> int:
+    """generate's beam arguments; num_beams > 1 is deterministic beam search (no temperature, top_k, top_p)."""
+    num_beams = check_positive_int("num_beams", num_beams)
+    _check_real("length_penalty", length_penalty, minimum=-math.inf)  # < 0 favours short hypotheses
+    _check_early_stopping(early_stopping)
+    if num_beams > 1 and (temperature != 0.0 or top_k is not None or top_p is not None):
+        raise ValueError(f"num_beams={num_beams} is beam search, which does not sample: it needs temperature=0 and "
+                         f"no top_k/top_p, got temperature={temperature}, top_k={top_k}, top_p={top_p}")
+    return num_beams
+
+
+def _check_early_stopping(early_stopping) -> None:
+    if not isinstance(early_stopping, (bool, str)):
+        raise TypeError(f"early_stopping must be True, False or 'never', got {describe(early_stopping)}")
+    if early_stopping not in EARLY_STOPPING:
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
 def _check_model(name, model, cls):

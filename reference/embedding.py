@@ -81,12 +81,19 @@ class Embedding(Module):
         dy_rows = dy.reshape(-1, self.embedding_dim)  # (rows, D)
         if self.scale:
             dy_rows = dy_rows * self.multiplier  # (rows, D)  ← from y = s · W[ids]
-        # repeated ids add up, summed in at least float32 (a half table would round at every repeat)
-        grad_weight = xp.zeros((self.num_embeddings, self.embedding_dim), dtype=xp.promote_types(dy.dtype, xp.float32))
-        xp.add.at(grad_weight, ids.reshape(-1), dy_rows.astype(grad_weight.dtype, copy=False))  # (V, D)  ← from y = W[ids]
+        rows = ids.reshape(-1)  # (rows,)
         if self.padding_idx is not None:
-            grad_weight[self.padding_idx] = 0  # (D,)  the padding row gets no gradient
-        self.weight.accumulate_grad(grad_weight)
+            keep = rows != self.padding_idx  # the padding row gets no gradient
+            rows, dy_rows = rows[keep], dy_rows[keep]  # (kept,), (kept, D)
+        # repeated ids add up, summed in at least float32 (a half table would round at every repeat)
+        dtype = xp.promote_types(dy.dtype, xp.float32)
+        grad_weight = self.weight.grad
+        if grad_weight is None or grad_weight.dtype != dtype:  # the table's first gradient of the step
+            grad_weight = xp.zeros((self.num_embeddings, self.embedding_dim), dtype=dtype)  # (V, D)
+            xp.add.at(grad_weight, rows, dy_rows.astype(dtype, copy=False))  # (V, D)  ← from y = W[ids]
+            self.weight.accumulate_grad(grad_weight)
+        else:  # a tied output layer's gradient is there: add the rows into it, no second (V, D) table
+            xp.add.at(grad_weight, rows, dy_rows.astype(dtype, copy=False))  # (V, D)  ← from y = W[ids]
         return None  # token ids are integers: they have no gradient
 
     def extra_repr(self) -> str:

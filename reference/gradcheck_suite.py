@@ -73,6 +73,10 @@ def _cases():
     yield Case("LearnedPositionalEmbedding", LearnedPositionalEmbedding(d, max_len=16, seed=0, dtype=F64),
                (seq,), {"offset": 1})
     yield Case("RotaryEmbedding", RotaryEmbedding(4, max_len=16), (_x(B, h, N, 4), _x(B, h, S, 4, seed=1)), {})
+    llama3 = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 32}  # head_dim 8, base 500: kept, blended and scaled pairs
+    yield Case("RotaryEmbedding (llama3 scaling)", RotaryEmbedding(8, max_len=16, base=500.0, rope_scaling=llama3),
+               (_x(B, h, N, 8), _x(B, h, S, 8, seed=1)), {"offset": 3})
     for activation in ("relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu"):
         yield Case(f"FeedForward ({activation})", FeedForward(d, 12, 0.0, activation, seed=0, dtype=F64), (seq,), {})
     q, k, v = _x(B, h, N, 4), _x(B, h, S, 4, seed=1), _x(B, h, S, 4, seed=2)

@@ -38,7 +38,7 @@ class Linear(Module):
         x_rows = x.reshape(-1, self.in_features)  # (rows, in)  one matrix product for every leading position
         y = x_rows @ self.weight.data.T  # (rows, out)
         if self.bias is not None:
-            y = y + self.bias.data  # (rows, out)
+            y += self.bias.data  # (rows, out)  in place: y is a fresh product
         self.save_for_backward(x=x)
         return y.reshape(x.shape[:-1] + (self.out_features,))  # (..., out)
 

@@ -109,6 +109,10 @@ def once_per_forward(backward):
     @functools.wraps(backward)
     def checked_backward(self, *args, **kwargs):
         state = self.__dict__
+        if getattr(self, "quantization", None) is not None:  # reference/quantization.py: inference only
+            from .quantization import quantized_backward_error
+
+            raise quantized_backward_error(type(self).__name__)
         if state.get("_in_backward"):
             return backward(self, *args, **kwargs)
         if state.get("_backward_done"):
@@ -141,6 +145,8 @@ class Module:
 
     #: the array module parameters live in (numpy here; the CuPy backend sets cupy)
     xp = np
+    #: quantize_model's settings on a quantized model (and each module above a QuantizedLinear); None when float
+    quantization = None
 
     @property
     def catalogue(self):
@@ -308,8 +314,22 @@ def stage_state_dict(module, state_dict, targets: dict, strict: bool, convert) -
             raise TypeError(f"state_dict[{name!r}] must be an array, got {describe(value)}")
         if tuple(value.shape) != tuple(target.shape):
             raise ValueError(f"state_dict[{name!r}] must have shape {tuple(target.shape)}, got {tuple(value.shape)}")
+        check_state_dtype(name, value, target)
         staged[name] = convert(value, target)
     return staged, missing, unexpected
+
+
+def check_state_dtype(name: str, value, target) -> None:
+    """Integer codes (a QuantizedLinear's weight) load only into the same integer dtype, and a floating
+    array only into a floating parameter: a cast between them would silently change what the layer means."""
+    want, got = dtype_kind(target.dtype), dtype_kind(value.dtype)
+    want_name, got_name = (str(d).replace("torch.", "") for d in (target.dtype, value.dtype))
+    if want in "iu" and got_name != want_name:
+        raise TypeError(f"state_dict[{name!r}] must have dtype {want_name} (a quantized layer's integer codes), "
+                        f"got {got_name}")
+    if want == "f" and got != "f":
+        raise TypeError(f"state_dict[{name!r}] must have a floating dtype (the parameter's is {want_name}), got "
+                        f"{got_name} (integer codes load only into a model quantized the same way: quantize_model)")
 
 
 class ModuleList(Module):

@@ -51,11 +51,11 @@ class MultiHeadAttention(Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  num_kv_heads: int | None = None, rotary: bool = False, max_len: int = 4096,
                  rope_base: float = 10000.0, window: int | None = None, block_size: int | None = None,
-                 qkv_bias: bool | None = None, *, seed=None, dtype=None):
+                 qkv_bias: bool | None = None, rope_scaling=None, *, seed=None, dtype=None):
         super().__init__()
         (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.dropout, self.window,
          self.block_size) = check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size,
-                                                   bias, rotary, max_len, rope_base)
+                                                   bias, rotary, max_len, rope_base, rope_scaling)
         self.dtype = resolve_dtype(dtype)
         kv_dim = self.num_kv_heads * self.head_dim
         # qkv_bias (None: as bias) sets the q/k/v biases apart from out_proj's (Qwen2: q/k/v biases only)
@@ -65,7 +65,7 @@ class MultiHeadAttention(Module):
         self.v_proj = Linear(d_model, kv_dim, in_bias, seed=child_seed(seed, "v_proj"), dtype=self.dtype)
         self.out_proj = Linear(d_model, d_model, bias, seed=child_seed(seed, "out_proj"), dtype=self.dtype)
         self.attention = ScaledDotProductAttention(self.dropout, seed=child_seed(seed, "attention"))
-        self.rotary = RotaryEmbedding(self.head_dim, max_len, rope_base) if rotary else None
+        self.rotary = RotaryEmbedding(self.head_dim, max_len, rope_base, rope_scaling) if rotary else None
 
     def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
                 need_weights=False, is_causal=False, cache=None):

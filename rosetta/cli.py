@@ -59,6 +59,18 @@ def add_model_commands(sub) -> None:
     add_commands(sub)
 
 
+def add_quantize_commands(sub) -> None:
+    from .quantize import add_commands
+
+    add_commands(sub)
+
+
+def add_export_commands(sub) -> None:
+    from .onnx_export import add_commands
+
+    add_commands(sub)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="rosetta", description="Rosetta Transformer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +83,8 @@ def main(argv=None) -> int:
     info.set_defaults(run=_info)
     add_training_commands(sub)  # train, decode, plot-attention
     add_model_commands(sub)  # generate, embed (Hugging Face folders)
+    add_export_commands(sub)  # export-onnx (ONNX graphs for onnxruntime)
+    add_quantize_commands(sub)  # quantize (int8 / 4-bit checkpoints)
     bench = sub.add_parser("bench", help="benchmarks (python -m rosetta.bench): attention, training, cpu, dispatch",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -1,7 +1,7 @@
 """``rosetta generate`` and ``rosetta embed``: text in, text (or vectors) out, on a Hugging Face folder.
 
     rosetta generate --model DIR [--backend numpy|torch|cupy] [--max-new-tokens N] [--temperature T]
-                     [--top-k K] [--top-p P] [--seed S] [--greedy] "prompt"
+                     [--top-k K] [--top-p P] [--seed S] [--greedy] [--num-beams K [--length-penalty A]] "prompt"
     rosetta embed --model DIR [--backend ...] [--out vectors.npy] "sentence" ...
 
 The folder is read by ``rosetta.hf.load_pretrained`` (generate: gpt2, llama, mistral, qwen2;
@@ -94,11 +94,13 @@ def eos_ids(config: dict) -> list[int]:
 
 
 def generate_ids(folder, prompt: str, *, backend="numpy", dtype=None, max_new_tokens=50, temperature=1.0, top_k=None,
-                 top_p=None, seed=None):
+                 top_p=None, seed=None, num_beams=1, length_penalty=1.0):
     """(prompt ids, new ids, seconds, tokenizer): the continuation of ``prompt`` with the KV cache, up to EOS.
 
-    temperature 0 is greedy. The new ids end at the first EOS (config eos_token_id; any of a
-    list), which they include. max_new_tokens is clipped to the positions left after the prompt.
+    temperature 0 is greedy; num_beams > 1 (with temperature 0) is transformers' beam search
+    (``generate(num_beams=, length_penalty=)``, early_stopping=False). The new ids end at the first
+    EOS (config eos_token_id; any of a list), which they include. max_new_tokens is clipped to the
+    positions left after the prompt.
     """
     model_type(folder, "generate", DECODERS)
     tokenizer = load_tokenizer(folder)
@@ -111,7 +113,8 @@ def generate_ids(folder, prompt: str, *, backend="numpy", dtype=None, max_new_to
     eos = eos_ids(model.hf_config)
     start = time.perf_counter()
     out = rt.generate(model, rt.asarray(np.asarray([ids], dtype=np.int64)), max_new_tokens,
-                      temperature=temperature, top_k=top_k, eos_id=eos[0] if eos else None, seed=seed, top_p=top_p)
+                      temperature=temperature, top_k=top_k, eos_id=eos[0] if eos else None, seed=seed, top_p=top_p,
+                      num_beams=num_beams, length_penalty=length_penalty)
     out = np.asarray(rt.to_numpy(out))[0]
     seconds = time.perf_counter() - start
     new = [int(t) for t in out[len(ids):]]
@@ -124,10 +127,13 @@ def generate_ids(folder, prompt: str, *, backend="numpy", dtype=None, max_new_to
 
 def run_generate(args) -> int:
     try:
-        temperature = 0.0 if args.greedy else args.temperature
+        if args.num_beams > 1 and args.temperature is not None:
+            raise ValueError(f"--num-beams {args.num_beams} is beam search, which does not sample: drop --temperature")
+        temperature = 0.0 if args.greedy or args.num_beams > 1 else args.temperature
         ids, new, seconds, tokenizer = generate_ids(
             args.model, args.prompt, backend=args.backend, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-            temperature=temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+            temperature=1.0 if temperature is None else temperature, top_k=args.top_k, top_p=args.top_p,
+            seed=args.seed, num_beams=args.num_beams, length_penalty=args.length_penalty)
     except (ValueError, TypeError) as error:
         return _error("generate", error)
     print(tokenizer.decode(ids + new, skip_special_tokens=True))
@@ -214,11 +220,15 @@ def add_commands(sub) -> None:
     gen.add_argument("--backend", default="numpy", choices=backends, help="numpy (the reference, default), torch, cupy")
     gen.add_argument("--dtype", choices=("float32", "float64"), help="parameter dtype (default: the backend's)")
     gen.add_argument("--max-new-tokens", type=int, default=50, help="most tokens to add (default 50)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1; 0: greedy)")
+    gen.add_argument("--temperature", type=float, help="softmax temperature (default 1; 0: greedy)")
     gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")
     gen.add_argument("--top-p", type=float, help="sample in the nucleus of probability mass p (0 < p <= 1)")
     gen.add_argument("--seed", type=int, help="seed of the sampling (the same seed gives the same text)")
     gen.add_argument("--greedy", action="store_true", help="pick the most likely token (temperature 0)")
+    gen.add_argument("--num-beams", type=int, default=1,
+                     help="beam search with this many beams, as transformers' generate(num_beams=) (default 1: off)")
+    gen.add_argument("--length-penalty", type=float, default=1.0,
+                     help="beam search: score = log P / length**penalty (default 1.0, as transformers)")
     gen.add_argument("prompt", help="the text to continue")
     gen.set_defaults(run=run_generate)
 

@@ -171,7 +171,8 @@ class FlashMultiHeadAttention:
         shared = {"self": projections, "kv": projections[1:]}.get(inputs, ())
         xp = self.xp
         self.__dict__["_stacked"] = None
-        if len(shared) < 2 or xp.__name__ != "cupy" or not isinstance(key, xp.ndarray):
+        if (len(shared) < 2 or xp.__name__ != "cupy" or not isinstance(key, xp.ndarray)
+                or self.quantization is not None):  # quantized projections: each its own layer
             return super()._project(query, key, value, inputs)
         weight = xp.concatenate([p.weight.data for p in shared])  # (Σ out, D)  [W_k; W_v] or [W_q; W_k; W_v]
         x_rows = key.reshape(-1, self.d_model)  # (rows, D)

@@ -30,6 +30,7 @@ import numpy as np
 import reference
 from reference import arrays as reference_arrays
 from reference import decoding as reference_decoding
+from reference import quantization as reference_quantization
 from reference.arrays import to_numpy
 from reference.checks import check_array
 from reference.module import Module, Parameter
@@ -120,7 +121,7 @@ class Deriver:
             for p in m._parameters.values():
                 if p is None:
                     continue
-                dtype = storage if storage is not None else p.data.dtype
+                dtype = storage if storage is not None and p.data.dtype.kind == "f" else p.data.dtype  # int codes stay
                 p.data = xp.asarray(to_numpy(p.data) if xp is not np else p.data, dtype=dtype)
                 if p.grad is not None:
                     p.grad = xp.asarray(to_numpy(p.grad), dtype=dtype)
@@ -162,6 +163,9 @@ def make_namespace(xp, module_name: str = "accelerated.cupy") -> SimpleNamespace
         sdpa = sdpa_cls(dropout_p)
         return sdpa(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
 
+    names["quantize_model"] = _wrap(reference.quantize_model, module_name, functools.partial(  # this backend's class
+        reference_quantization.replace_linears, linear_class=reference.Linear,
+        quantized_class=names["QuantizedLinear"]))
     names["asarray"] = _wrap(reference.asarray, module_name, asarray)
     names["to_numpy"] = _wrap(reference.to_numpy, module_name, lambda x: to_numpy(x))
     names["scaled_dot_product_attention"] = _wrap(reference.scaled_dot_product_attention, module_name,

@@ -13,7 +13,8 @@ def _fusable(x, module) -> bool:
     """
     xp = module.xp
     return (xp.__name__ == "cupy" and isinstance(x, xp.ndarray) and not module.gated
-            and module.linear1.bias is not None and x.dtype == module.dtype and x.ndim >= 1
+            and module.linear1.bias is not None and module.quantization is None
+            and x.dtype == module.dtype and x.ndim >= 1
             and x.shape[-1] == module.d_model and fused_kernels.supports(x.dtype))
 
 

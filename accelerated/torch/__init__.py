@@ -40,6 +40,7 @@ from .module import Module, ModuleList, Parameter
 from .multi_head_attention import MultiHeadAttention
 from .optim import SGD, AdamW, WarmupCosine, WarmupInverseSqrt, clip_grad_norm_
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from .quantization import QuantizedLinear, quantize_model
 from .rms_norm import RMSNorm
 from .rotary import RotaryEmbedding
 from .transformer import Transformer

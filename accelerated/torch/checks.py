@@ -48,7 +48,12 @@ def token_range(ids: torch.Tensor) -> tuple:
 
     A model checks its ids at the entry and its embedding checks them again; on a GPU each check
     is a host-device sync, so the range is kept until the tensor is freed or written in place.
+    Under torch.export (ONNX export) the ids are symbolic: there is no value to read, and a branch
+    on one would stop the trace, so the range is not checked there (docs/onnx.md says what the
+    exported graph does with an id outside the vocabulary); eager calls always check it.
     """
+    if torch.compiler.is_exporting():
+        return 0, 0  # an empty range: nothing is read, nothing refused (the graph has no id check)
     key = id(ids)
     known = _token_ranges.get(key)
     if known is not None and known[0]() is ids and known[1] == ids._version:

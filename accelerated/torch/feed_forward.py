@@ -17,7 +17,7 @@ class FeedForward(FeedForwardBlueprint, Module):
     """
 
     def forward(self, x):
-        check_tensor("x", x, dtype=self.linear1.weight.dtype)
+        check_tensor("x", x, dtype=self.linear1.dtype)
         check_features("x", x, self.d_model, "d_model")
         a = self.activation(self.linear1(x))  # (..., d_ff)  φ(x W₁ᵀ + b₁)
         if self.gated:

@@ -7,6 +7,7 @@ import torch
 from reference import kv_cache as reference
 
 from .checks import check_tensor
+from .linear import packed_weights
 
 
 class KVCache(reference.KVCache):
@@ -22,8 +23,11 @@ class KVCache(reference.KVCache):
     def project(self, module, query, key, value, inputs):
         """module's Q, K, V projections, with its stacked [W_q; W_k; W_v] built once per cache (one decoding
         run, no gradient: the weights do not change in it), not concatenated again at every step."""
-        if torch.is_grad_enabled() or inputs != "self":
+        if torch.is_grad_enabled() or inputs != "self" or module.quantization is not None:
             return module._project(query, key, value, inputs)
+        packed = packed_weights(module, module._self_projection_parameters())  # pack_for_decoding's, across runs
+        if packed is not None:
+            return module._project_stacked(key, packed, inputs)
         stacked = self.__dict__.setdefault("_stacked", {})
         weights = stacked.get(id(module))
         if weights is None or weights[0] is not module:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from reference.module import backward_twice_error, child_seed, make_rng, stage_state_dict  # noqa: F401
+from reference.quantization import quantized_backward_error
 
 from .arrays import DEFAULT_DTYPE, asarray, resolve_dtype
 from .checks import check_flag, describe
@@ -169,6 +170,8 @@ class BackwardProtocol:
         """
         last = self.__dict__.get("_last_forward")
         name = type(self).__name__
+        if self.quantization is not None:  # reference/quantization.py: inference only
+            raise quantized_backward_error(name)
         if last is None:
             raise ValueError(f"{name}.backward() was called before forward(): expected a forward pass first, got none")
         if last.arguments.get("cache") is not None:
@@ -233,9 +236,11 @@ class BackwardProtocol:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The parameters' dtype (the construction dtype for a module without parameters)."""
+        """The floating parameters' dtype (the construction dtype for a module without them); a quantized
+        layer's integer codes do not count."""
         for p in self.parameters():
-            return p.dtype
+            if p.is_floating_point():
+                return p.dtype
         return self.__dict__.get("_dtype", DEFAULT_DTYPE)
 
     def num_parameters(self) -> int:
@@ -261,11 +266,15 @@ class BackwardProtocol:
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_last_forward", None)  # a graph is neither copied nor pickled
+        state.pop("_packed", None)  # nor a copy of the weights packed for decoding (linear.py)
         return state
 
 
 class Catalogue:
     """Mixin: ``catalogue``, the classes reference/blueprints.py builds this backend's submodules from."""
+
+    #: quantize_model's settings on a quantized model (and each module above a QuantizedLinear); None when float
+    quantization = None
 
     @property
     def catalogue(self):

@@ -45,11 +45,11 @@ class MultiHeadAttention(Module):
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  num_kv_heads: int | None = None, rotary: bool = False, max_len: int = 4096,
                  rope_base: float = 10000.0, window: int | None = None, block_size: int | None = None,
-                 qkv_bias: bool | None = None, *, seed=None, dtype=None):
+                 qkv_bias: bool | None = None, rope_scaling=None, *, seed=None, dtype=None):
         super().__init__()
         (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim, self.dropout, self.window,
          self.block_size) = check_attention_config(d_model, num_heads, num_kv_heads, dropout, window, block_size,
-                                                   bias, rotary, max_len, rope_base)
+                                                   bias, rotary, max_len, rope_base, rope_scaling)
         self._dtype = resolve_dtype(dtype)
         kv_dim = self.num_kv_heads * self.head_dim
         # qkv_bias (None: as bias) sets the q/k/v biases apart from out_proj's (Qwen2: q/k/v biases only)
@@ -59,7 +59,7 @@ class MultiHeadAttention(Module):
         self.v_proj = Linear(d_model, kv_dim, in_bias, seed=child_seed(seed, "v_proj"), dtype=self._dtype)
         self.out_proj = Linear(d_model, d_model, bias, seed=child_seed(seed, "out_proj"), dtype=self._dtype)
         self.attention = ScaledDotProductAttention(self.dropout, seed=child_seed(seed, "attention"))
-        self.rotary = RotaryEmbedding(self.head_dim, max_len, rope_base) if rotary else None
+        self.rotary = RotaryEmbedding(self.head_dim, max_len, rope_base, rope_scaling) if rotary else None
 
     def _backward_outputs(self, output):
         return output[0] if isinstance(output, tuple) else output  # grad_output is dL/dy, never dL/dP
@@ -96,7 +96,7 @@ class MultiHeadAttention(Module):
         """
         projections = (self.q_proj, self.k_proj, self.v_proj)
         shared = {"self": projections, "kv": projections[1:]}.get(inputs, ())
-        if len(shared) < 2:
+        if len(shared) < 2 or self.quantization is not None:  # quantized projections: each its own layer
             return tuple(projection(x) for projection, x in zip(projections, (query, key, value)))
         return self._project_stacked(key, self._stacked_weights(inputs), inputs, query)
 
@@ -107,6 +107,11 @@ class MultiHeadAttention(Module):
         bias = None if shared[0].bias is None else torch.cat([p.bias for p in shared])  # (Σ out,)
         return weight, bias
 
+    def _self_projection_parameters(self):
+        """W_q, W_k, W_v, then the biases that exist: what the stacked self-attention product reads."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        return tuple(p.weight for p in projections) + tuple(p.bias for p in projections if p.bias is not None)
+
     def _project_stacked(self, x, stacked, inputs, query=None):
         """x times the stacked weights (_stacked_weights), split back into the projections."""
         sizes = [p.out_features for p in (self.q_proj, self.k_proj, self.v_proj)[inputs == "kv":]]
@@ -115,7 +120,7 @@ class MultiHeadAttention(Module):
 
     def _array_ops(self, query) -> ArrayOps:
         """torch's spelling of the operations the reference's argument and mask rules use (on query's device)."""
-        dtype = self.q_proj.weight.dtype
+        dtype = self.q_proj.dtype  # a QuantizedLinear's weight holds integer codes: its dtype is its scales'
         device = query.device if isinstance(query, torch.Tensor) else self.q_proj.weight.device
         return ArrayOps(check=check_tensor, check_cache=check_cache, dtype=dtype, kind=dtype_kind,
                         cast=lambda mask: mask.to(device) if mask.dtype == torch.bool else mask.to(device, dtype),

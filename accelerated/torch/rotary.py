@@ -17,17 +17,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RotaryEmbedding(Module):
-    r"""y = x ⊙ cos(tθ) + R(x) ⊙ sin(tθ) on query and key, θ_i = base^(−2i/d); no parameters.
+    r"""y = x ⊙ cos(tθ) + R(x) ⊙ sin(tθ) on query and key, θ_i = base^(−2i/d) (rope_scaling: scaled as
+    the reference's rope_inverse_frequencies says); no parameters.
 
     The cos/sin tables are the reference's (float64), kept as non-persistent buffers (they
     follow ``.to(device)`` and stay out of the state dict) and cast to the input's dtype.
     ``forward(query, key, offset=0)`` returns (query_rotated, key_rotated).
     """
 
-    def __init__(self, head_dim: int, max_len: int = 4096, base: float = 10000.0):
+    def __init__(self, head_dim: int, max_len: int = 4096, base: float = 10000.0, rope_scaling=None):
         super().__init__()
-        tables = reference.RotaryEmbedding(head_dim, max_len, base)
+        tables = reference.RotaryEmbedding(head_dim, max_len, base, rope_scaling)
         self.head_dim, self.max_len, self.base = tables.head_dim, tables.max_len, tables.base
+        self.rope_scaling = tables.rope_scaling
         self.register_buffer("cos_table", torch.from_numpy(tables.cos_table), persistent=False)  # (max_len, d)
         self.register_buffer("sin_table", torch.from_numpy(tables.sin_table), persistent=False)  # (max_len, d)
 
@@ -44,5 +46,4 @@ class RotaryEmbedding(Module):
         k_rot = key * k_cos + rotate_half(key) * k_sin  # (..., Nk, d)
         return q_rot, k_rot
 
-    def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, max_len={self.max_len}, base={self.base}"
+    extra_repr = reference.RotaryEmbedding.extra_repr

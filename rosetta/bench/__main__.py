@@ -1,4 +1,4 @@
-"""``python -m rosetta.bench {attention,training,cpu,dispatch,real-models} [options]`` (also ``rosetta bench ...``)."""
+"""``python -m rosetta.bench {attention,training,cpu,dispatch,real-models,quantization} [options]`` (also ``rosetta bench ...``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from . import common, plots
 
 def _ints(text: str) -> tuple:
     return tuple(int(part) for part in text.split(",") if part)
+
+
+def _floats(text: str) -> tuple:
+    return tuple(float(part) for part in text.split(",") if part)
 
 
 def build_parser(parser=None):
@@ -56,7 +60,14 @@ def build_parser(parser=None):
     real.add_argument("--prompt-len", type=int, default=16)
     real.add_argument("--new-tokens", type=int, default=32)
     real.add_argument("--gen-reps", type=int, default=3)
-    for p in (att, tr, cpu, dispatch, real):
+    quant = sub.add_parser("quantization", help="int8 / 4-bit checkpoints of the main job vs the float model (CPU)")
+    quant.add_argument("--checkpoint", help="a float checkpoint of the main job (default: train one, --preset)")
+    quant.add_argument("--preset", default="small", help="training preset when no --checkpoint (default small)")
+    quant.add_argument("--outlier-thresholds", type=_floats, default=(6.0, 3.0),
+                       help="LLM.int8 thresholds, one row each (default 6,3)")
+    quant.add_argument("--warmup", type=int, default=1)
+    quant.add_argument("--reps", type=int, default=5)
+    for p in (att, tr, cpu, dispatch, real, quant):
         p.add_argument("--out", default=common.DEFAULT_OUT, help=f"folder for JSON and PNG (default {common.DEFAULT_OUT})")
     return parser
 
@@ -87,6 +98,11 @@ def run(args) -> int:
 
         document = suite.run(args.threads, args.layers, args.batch, args.seq, args.warmup, args.reps,
                              args.prompt_len, args.new_tokens, gen_reps=args.gen_reps)
+    elif args.suite == "quantization":
+        from . import quantization as suite
+
+        document = suite.run(args.checkpoint, args.preset, outlier_thresholds=args.outlier_thresholds,
+                             warmup=args.warmup, reps=args.reps, progress=True)
     else:
         from . import cpu as suite
 
@@ -106,7 +122,7 @@ def run(args) -> int:
         drawn = plots.bars(document, png, "label", f"training step, config {args.config}, {document['device']['name']}")
     elif args.suite == "dispatch":
         drawn = plots.dispatch_plot(document, png)
-    elif args.suite == "real-models":
+    elif args.suite in ("real-models", "quantization"):
         drawn = suite.plot(document, png)
     else:
         drawn = plots.bars(document, png, lambda r: f"{r['implementation']}\n{r['threads']} thr.",

@@ -1,7 +1,8 @@
 """Llama (LlamaForCausalLM), Mistral (MistralForCausalLM) and Qwen2 (Qwen2ForCausalLM) ↔ DecoderLM.
 
 All three: pre-norm RMSNorm, SwiGLU feed-forward (gate_proj, up_proj, down_proj), rotate-half
-RoPE with base rope_theta, grouped kv heads, no absolute positions, a tied or untied head.
+RoPE with base rope_theta (plain, or scaled by rope_type "linear" or "llama3"), grouped kv heads,
+no absolute positions, a tied or untied head.
 Llama: no biases (attention_bias and mlp_bias, when both True, give every linear map a bias).
 Mistral: a sliding window of ``sliding_window`` keys (i − window < j <= i). Qwen2: q/k/v
 biases, none on o_proj or the MLP; a sliding window only if every layer uses one.
@@ -10,6 +11,8 @@ biases, none on o_proj or the MLP; a sliding window only if every layer uses one
 from __future__ import annotations
 
 import numpy as np
+
+from reference.rotary import check_rope_scaling
 
 from .folder import check_known_fields, refuse
 from .tensors import export_config, model_tensors
@@ -31,21 +34,51 @@ CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2"
 ROTARY_MAX_LEN = 4096
 
 
-def rope_theta(config: dict) -> float:
-    """RoPE's base: rope_theta (transformers 4) or rope_parameters["rope_theta"] (transformers 5);
-    any scaled RoPE (rope_scaling, a rope_type other than "default") is refused."""
-    scaling = config.get("rope_scaling")
-    if scaling is not None and dict(scaling).get("rope_type", dict(scaling).get("type")) != "default":
-        refuse("rope_scaling", scaling, "rosetta's rotary embedding has no scaling (plain RoPE only)")
-    theta = config.get("rope_theta", 10000.0)
-    parameters = config.get("rope_parameters")
-    if parameters is not None:
-        extra = set(parameters) - {"rope_theta", "rope_type"}
-        if parameters.get("rope_type", "default") != "default" or extra:
-            refuse("rope_parameters", parameters, "rosetta's rotary embedding has no scaling (rope_type "
-                                                  "'default' with rope_theta only)")
-        theta = parameters.get("rope_theta", theta)
-    return float(theta)
+#: rope types whose frequencies depend on the sequence length, or that rescale attention, with why rosetta refuses them
+REFUSED_ROPE_TYPES = {
+    "dynamic": "its frequencies change with the sequence length (dynamic NTK); rosetta's rotary tables are fixed",
+    "ntk": "its frequencies change with the sequence length (dynamic NTK); rosetta's rotary tables are fixed",
+    "yarn": "YaRN also scales cos/sin by an attention factor (mscale), which rosetta's rotary embedding has not",
+    "longrope": "LongRoPE switches frequency tables with the sequence length and scales cos/sin (attention factor)",
+    "su": "LongRoPE ('su') switches frequency tables with the sequence length and scales cos/sin",
+    "proportional": "it rotates only a part of each head (partial_rotary_factor); rosetta rotates whole heads",
+}
+
+
+def rope_settings(config: dict) -> tuple[float, dict | None]:
+    """(rope_base, rope_scaling) of DecoderLM from rope_theta and rope_scaling (transformers 4) or
+    rope_parameters (transformers 5; rope_scaling wins when both are set, as in transformers).
+
+    rope_type "default" is plain RoPE; "linear" and "llama3" (Llama 3.1–3.3) are fixed scalings of
+    the frequencies (reference/rotary.py rope_inverse_frequencies); every other type is refused by name.
+    """
+    field = "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
+    given = config.get(field) or {}
+    if not isinstance(given, dict):
+        refuse(field, given, "expected a dict with a rope_type")
+    parameters = dict(given)
+    theta = parameters.pop("rope_theta", None)
+    if theta is None:
+        theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
+    rope_type = parameters.pop("rope_type", parameters.pop("type", "default"))
+    if parameters.get("partial_rotary_factor", 1.0) != 1.0:
+        refuse(field, given, "rosetta rotates every feature of a head (partial_rotary_factor 1.0 only)")
+    parameters.pop("partial_rotary_factor", None)
+    if not isinstance(rope_type, str):
+        refuse(field, given, f"rope_type must be a str, got {rope_type!r}")
+    if rope_type in REFUSED_ROPE_TYPES:
+        refuse(field, given, f"rope_type {rope_type!r}: {REFUSED_ROPE_TYPES[rope_type]}")
+    if rope_type == "default":
+        if parameters:
+            refuse(field, given, f"rope_type 'default' takes rope_theta only, got {sorted(parameters)}")
+        return float(theta), None
+    if rope_type == "llama3":  # transformers' default for a missing pretraining length
+        parameters.setdefault("original_max_position_embeddings", config.get("max_position_embeddings"))
+    try:
+        scaling = check_rope_scaling({"rope_type": rope_type, **parameters})
+    except (TypeError, ValueError) as error:
+        refuse(field, given, f"rosetta takes rope_type 'default', 'linear' and 'llama3' ({error})")
+    return float(theta), scaling
 
 
 def window(config: dict):
@@ -108,11 +141,12 @@ def check(config: dict) -> dict:
         refuse("num_key_value_heads", s["Hkv"], f"num_attention_heads={s['H']} must split evenly into kv groups")
     bias, qkv_bias = biases(config)
     max_len = min(config.get("max_position_embeddings", 2048), ROTARY_MAX_LEN)
+    rope_base, rope_scaling = rope_settings(config)
     return dict(vocab_size=s["V"], d_model=s["d"], num_heads=s["H"], d_ff=s["ff"], num_layers=s["L"], dropout=0.0,
                 activation=ACTIVATIONS[act], norm_first=True, layer_norm_eps=config.get("rms_norm_eps", 1e-6),
                 bias=bias, num_kv_heads=s["Hkv"], norm="rmsnorm", rotary=True, positional=None, max_len=max_len,
-                tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_base=rope_theta(config),
-                window=window(config), qkv_bias=qkv_bias)
+                tie_embeddings=bool(config.get("tie_word_embeddings", False)), rope_base=rope_base,
+                window=window(config), qkv_bias=qkv_bias, rope_scaling=rope_scaling)
 
 
 def build(config: dict, rt, dtype):
