@@ -69,21 +69,42 @@ class GELU(Elementwise):
         if self.approximate == "tanh":
             u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
             return 0.5 * x * (1 + xp.tanh(u))
-        return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+        return x * _normal_cdf(x)
 
-    def derivative(self, x):
+    def derivative(self, x, cdf=None):
         xp = array_namespace(x)
         if self.approximate == "tanh":
             c = math.sqrt(2 / math.pi)
             t = xp.tanh(c * (x + 0.044715 * x**3))
             return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-        cdf = 0.5 * (1 + erf(x / math.sqrt(2)))  # Φ(x)
+        cdf = _normal_cdf(x) if cdf is None else cdf  # Φ(x)
         pdf = xp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # φ(x)
         return cdf + x * pdf
+
+    # the exact form keeps Φ(x) from forward for backward: erf is most of GELU's cost, computed once
+    def forward(self, x):
+        if self.approximate == "tanh":
+            return super().forward(x)
+        check_floating("x", x, xp=self.xp)
+        cdf = _normal_cdf(x)  # (...,)  Φ(x)
+        self.save_for_backward(x=x, cdf=cdf)
+        return x * cdf  # (...,)  GELU(x) = x Φ(x)
+
+    def backward(self, grad_output):
+        if self.approximate == "tanh":
+            return super().backward(grad_output)
+        saved = self.saved()
+        dy = self.check_grad_output(grad_output, saved["x"].shape)
+        return dy * self.derivative(saved["x"], saved["cdf"])  # dx = dy ⊙ (Φ(x) + x φ(x))
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
 # --8<-- [end:GELU]
+
+
+def _normal_cdf(x):
+    """Φ(x) = ½(1 + erf(x/√2)), the standard normal distribution function."""
+    return 0.5 * (1 + erf(x / math.sqrt(2)))
 
 
 # --8<-- [start:SiLU]
