@@ -9,6 +9,9 @@ batch sizes, lengths and padding, and onnxruntime's logits on the CPU must equal
 backend's within ONNX_LOGITS_TOL (float32) on the same .onnx file: one graph for every size is
 what proves the axes dynamic. Then: what the graph does with token ids outside the vocabulary
 (the check the export leaves out), the eager check still in place, and every refusal by name.
+Last, NaN: a NaN key weight (put in torch and in the graph's initializer) shows at torch's
+positions on every kind, the exported attention alone keeps NaN, ±inf and fully masked rows as
+torch does, and a graph that would turn NaN into 0 is refused.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from parity_tests.test_hf_encoders import bert_checkpoint  # noqa: E402
 from parity_tests.tolerances import ONNX_LOGITS_TOL, relative_error  # noqa: E402
 from rosetta.checkpoint import save_checkpoint  # noqa: E402
 from rosetta.cli import main  # noqa: E402
-from rosetta.onnx_export import export_onnx, load_model, signature, vocabularies  # noqa: E402
+from accelerated.torch import attention as torch_attention  # noqa: E402
+from rosetta.onnx_export import (_quiet_exporter, export_onnx, load_model, nan_hiding_nodes, signature,  # noqa: E402
+                                 vocabularies)
 
 ENCODER_DECODER = dict(src_vocab_size=13, tgt_vocab_size=11, d_model=16, num_heads=2, d_ff=32, num_encoder_layers=1,
                        num_decoder_layers=1, max_len=16, dropout=0.0)  # one layer each: the export's time grows with depth
@@ -70,20 +75,29 @@ def sources(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(sources, tmp_path_factory):
+def graph_folder(tmp_path_factory):
+    """Where ``exported`` writes each kind's graph, as f"{kind}.onnx"."""
+    return tmp_path_factory.mktemp("onnx-graphs")
+
+
+@pytest.fixture(scope="module")
+def exported(sources, graph_folder):
     """kind -> (torch model, onnxruntime session, what the command printed): each exported once, by the CLI."""
-    folder = tmp_path_factory.mktemp("onnx-graphs")
     graphs = {}
     for kind, source in sources.items():
-        out = folder / f"{kind}.onnx"
+        out = graph_folder / f"{kind}.onnx"
         code, printed, errors = run_cli("export-onnx", *source, "--out", str(out))
         assert code == 0, errors
         model = load_model(**{"checkpoint" if source[0] == "--checkpoint" else "model_dir": source[1]})
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # tiny graphs: a thread pool would only spin on the shared CPUs
-        session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
-        graphs[kind] = (model, session, printed)
+        graphs[kind] = (model, ort_session(str(out)), printed)
     return graphs
+
+
+def ort_session(graph):
+    """An onnxruntime CPU session of ``graph`` (a path, or a serialized model), on one thread."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # tiny graphs: a thread pool would only spin on the shared CPUs
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def torch_outputs(model, inputs: dict) -> list:
@@ -246,3 +260,144 @@ def test_a_check_that_reads_ids_stops_the_trace_with_a_clear_error(exported, tmp
     assert model.training, "the export traces the eval-mode forward and gives the model its mode back"
     model.eval()
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- NaN: the graph keeps the SPEC's rules, as the torch backend does in eager mode ---------------------
+
+
+def assert_same_as_torch(got, want):
+    """NaN and ±inf at the same entries (the same values there), the finite entries within ONNX_LOGITS_TOL."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(np.where(finite, 0, got), np.where(finite, 0, want))  # NaN == NaN here
+    error = relative_error(got[finite], want[finite])
+    assert error <= ONNX_LOGITS_TOL, f"relative error {error:.2e} on the finite entries"
+
+
+def with_nan_row(proto, weight: np.ndarray, row: int):
+    """A copy of the ONNX model with row ``row`` of the parameter ``weight`` (out, in) set to NaN in the
+    initializer that holds it: Wᵀ, alone or as a column block of the stacked q/k/v projection."""
+    proto = copy.deepcopy(proto)
+    out = weight.shape[0]
+    for init in proto.graph.initializer:
+        array = onnx.numpy_helper.to_array(init)
+        if array.ndim != 2 or array.shape[0] != weight.shape[1]:
+            continue
+        for start in range(array.shape[1] - out + 1):  # the exporter folds Wᵀ (and the stacking) into one constant
+            if np.array_equal(array[:, start:start + out], weight.T):
+                array = array.copy()
+                array[:, start + row] = np.nan
+                init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))
+                return proto
+    raise AssertionError(f"no initializer of the graph holds the weight of shape {weight.shape}")
+
+
+@contextlib.contextmanager
+def nan_row(weight, row: int):
+    """Row ``row`` of the torch parameter ``weight`` is NaN inside the block, as it was after."""
+    saved = weight.detach()[row].clone()
+    with torch.no_grad():
+        weight[row] = float("nan")
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            weight[row] = saved
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@examples(0.2)
+@given(shape=graph_sizes(), which=st.integers(0, 2**16))
+@example(shape=(2, dict.fromkeys(("sequence", "src_sequence", "tgt_sequence"), 3), [3, 0], False, 0), which=1)
+def test_a_nan_score_shows_in_the_graph_where_it_shows_in_torch(exported, graph_folder, kind, shape, which):
+    """A NaN in one row of a key projection W_k makes NaN every score of its head: every query row that may
+    attend to a key comes out NaN, in torch and in the graph (torch.onnx's own lowering of attention zeroed
+    those probabilities and gave finite logits); a fully padded row stays finite, equal to torch."""
+    model, _, _ = exported[kind]
+    keys = [p for name, p in model.named_parameters() if name.endswith("k_proj.weight")]
+    weight = keys[which % len(keys)]  # self or cross attention, encoder or decoder
+    row = (which // len(keys)) % weight.shape[0]
+    proto = onnx.load(str(graph_folder / f"{kind}.onnx"))
+    session = ort_session(with_nan_row(proto, weight.detach().numpy(), row).SerializeToString())
+    inputs = drawn_inputs(model, *shape)
+    with nan_row(weight, row):
+        want = torch_outputs(model, inputs)
+    got = session.run(None, {name: x.numpy() for name, x in inputs.items()})
+    for g, w in zip(got, want):
+        assert_same_as_torch(g, w)
+    batch, lengths, pads = shape[:3]
+    if min(pads) == 0:  # a row without padding sees every key: the NaN must show
+        assert np.isnan(want[0]).any() and np.isnan(got[0]).any()
+    if signature(model).kind == "decoder-only":  # a fully padded row attends to nothing: 0, then finite logits
+        for b in range(batch):
+            if pads[b] >= lengths["sequence"]:
+                assert np.isfinite(got[0][b]).all() and np.isfinite(want[0][b]).all(), (b, pads)
+
+
+class Attend(torch.nn.Module):
+    """The torch backend's attention with grouped kv heads and a boolean mask (True = may attend), as the
+    models call it (torch_attention.attend)."""
+
+    def forward(self, query, key, value, allowed):
+        return torch_attention.scaled_dot_product_attention(query, key, value, attn_mask=allowed, enable_gqa=True)
+
+
+@pytest.fixture(scope="module")
+def attention_graph():
+    """onnxruntime session of Attend: query (B, 4, L, 4), key and value (B, 2, S, 4), allowed (B, 1, L, S)."""
+    B, L, S = (torch.export.Dim(name, min=1, max=8) for name in ("batch", "L", "S"))
+    q, k, v = torch.ones(2, 4, 3, 4), torch.ones(2, 2, 5, 4), torch.ones(2, 2, 5, 4)  # k, v: two tensors, two inputs
+    allowed = torch.ones(2, 1, 3, 5, dtype=torch.bool)
+    with _quiet_exporter():
+        program = torch.onnx.export(Attend().eval(), (q, k, v, allowed), dynamo=True, opset_version=20, verbose=False,
+                                    input_names=["query", "key", "value", "allowed"],
+                                    dynamic_shapes=({0: B, 2: L}, {0: B, 2: S}, {0: B, 2: S}, {0: B, 2: L, 3: S}))
+    return ort_session(program.model_proto.SerializeToString())
+
+
+SPECIAL = (float("nan"), float("inf"), float("-inf"), 1e20, -1e20)  # NaN, ±inf, and scores that overflow to ±inf
+
+
+@st.composite
+def attention_inputs(draw):
+    """Query, key, value with a few NaN, ±inf and huge entries, and a boolean mask (fully masked rows included)."""
+    batch, L, S = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, heads, n in (("query", 4, L), ("key", 2, S), ("value", 2, S)):
+        x = rng.standard_normal((batch, heads, n, 4)).astype(np.float32)  # (B, H|Hkv, L|S, 4)
+        hit = rng.random(x.shape) < draw(st.sampled_from([0.0, 0.02, 0.1]))
+        x[hit] = rng.choice(SPECIAL, hit.sum())
+        arrays[name] = x
+    arrays["allowed"] = rng.random((batch, 1, L, S)) < draw(st.sampled_from([0.3, 0.7, 1.0]))  # (B, 1, L, S)
+    return arrays
+
+
+@examples(1)
+@given(arrays=attention_inputs())
+def test_attention_graph_keeps_nan_inf_and_fully_masked_rows_as_torch(attention_graph, arrays):
+    """The exported attention itself, on inputs the models' graphs cannot take (float ids do not exist):
+    NaN and ±inf in query/key/value, scores that overflow (∞ − ∞: NaN; a row of only −inf: 0), fully masked
+    rows (0) — NaN and ±inf at exactly torch's entries, the rest equal."""
+    got = attention_graph.run(None, arrays)[0]
+    with torch.no_grad():
+        want = Attend()(*(torch.from_numpy(arrays[name]) for name in ("query", "key", "value", "allowed"))).numpy()
+    assert_same_as_torch(got, want)
+    dead = ~arrays["allowed"].any(-1)  # (B, 1, L)  fully masked rows
+    assert (got[np.broadcast_to(dead[..., None], got.shape)] == 0).all(), "a fully masked row must give 0"
+
+
+def test_the_exporter_refuses_a_graph_that_hides_nan(exported, graph_folder, tmp_path, monkeypatch):
+    """torch.onnx's own lowering of attention with a boolean mask, Softmax then Where(IsNaN(P), 0, P), is what
+    the torch backend writes out around: with it put back the export is refused by name and writes nothing."""
+    monkeypatch.setattr(torch_attention, "_sdpa", lambda q, k, v, mask, p, causal, scale, group: (
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal,
+                                                         scale=scale, enable_gqa=group > 1)))
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match=r"model \(DecoderLM, decoder-only\) cannot be exported to ONNX: the graph "
+                                         r"would replace NaN by 0 at .*Where\(IsNaN"):
+        export_onnx(exported["decoder-lm"][0], out)
+    assert list(tmp_path.iterdir()) == [], "a refused export wrote a file"
+    for kind in KINDS:  # the command's graphs passed the same check
+        assert nan_hiding_nodes(onnx.load(str(graph_folder / f"{kind}.onnx"))) == [], kind

@@ -15,6 +15,12 @@ are symbolic during export; docs/onnx.md says what ONNX Runtime does with an id 
 vocabulary). onnx and onnxscript are needed to export (``pip install 'rosetta-transformer[onnx]'``);
 onnxruntime runs the result. Every problem the user can fix is a ValueError or TypeError naming
 it, which the command prints as one line, exiting with code 2.
+
+NaN: the graph keeps the SPEC's rules as the torch backend does in eager mode (a NaN score shows in
+its row; a fully masked row gives 0). torch.onnx would write attention with a boolean mask as
+Softmax then Where(IsNaN(P), 0, P), hiding a NaN score, so the torch backend writes attention out
+while exporting (accelerated/torch/attention.py, _sdpa), and the written file is checked for that
+pattern (nan_hiding_nodes): an export that would hide NaN is refused, never written.
 """
 
 from __future__ import annotations
@@ -138,7 +144,7 @@ def export_onnx(model, out, *, opset: int = OPSET) -> Path:
     file is written beside its destination under a temporary name and renamed over it, so a
     failed export leaves no half-written file. Raises TypeError for a model of another backend,
     ValueError for an opset the exporter cannot write, a dtype outside DTYPES, an unwritable
-    destination or missing exporter packages.
+    destination, missing exporter packages, or a graph that would turn NaN into 0 (check_keeps_nan).
     """
     import torch
 
@@ -168,11 +174,41 @@ def export_onnx(model, out, *, opset: int = OPSET) -> Path:
             raise ValueError(f"model ({type(model).__name__}, {sig.kind}) cannot be exported to ONNX: "
                              f"{_first_lines(error)}") from error
         program.save(temporary, external_data=False)
+        check_keeps_nan(temporary, f"model ({type(model).__name__}, {sig.kind})")
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
         model.train(training)
     return out
+
+
+def nan_hiding_nodes(model) -> list[str]:
+    """The nodes of an ONNX model (an onnx.ModelProto) that turn a NaN into a number: Where(IsNaN(x), c, x).
+
+    torch.onnx writes that pattern after the softmax of scaled dot-product attention with a boolean
+    mask (its answer to fully masked rows), where it also zeroes the probabilities of a NaN score;
+    the torch backend writes attention out under export so that it does not appear
+    (accelerated/torch/attention.py, _sdpa). Named by node name, or by output where nameless.
+    """
+    nodes = list(model.graph.node) + [node for function in model.functions for node in function.node]
+    producers = {name: node for node in nodes for name in node.output}
+    hiding = []
+    for node in nodes:
+        test = producers.get(node.input[0]) if node.op_type == "Where" else None
+        if test is not None and test.op_type == "IsNaN" and test.input[0] in node.input[1:]:
+            hiding.append(node.name or node.output[0])
+    return hiding
+
+
+def check_keeps_nan(path, what: str) -> None:
+    """Refuse (ValueError) the graph at ``path`` if it hides NaN where the torch backend shows it."""
+    import onnx
+
+    hiding = nan_hiding_nodes(onnx.load(str(path), load_external_data=False))
+    if hiding:
+        raise ValueError(f"{what} cannot be exported to ONNX: the graph would replace NaN by 0 at "
+                         f"{', '.join(hiding[:3])} (Where(IsNaN(x), 0, x)), where the torch backend lets a NaN "
+                         "show (SPEC: a NaN in an input, a mask or a score propagates)")
 
 
 def _first_lines(error: Exception) -> str:

@@ -132,8 +132,7 @@ def attend(query, key, value, attn_mask, dropout_p: float, is_causal: bool, scal
     if need_weights:
         return _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, generator)
     if mask is None:  # no row can be empty (causal rows always see key 0; S = 0 gives zeros)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=is_causal,
-                                             scale=scale, enable_gqa=group > 1)
+        out = _sdpa(query, key, value, None, dropout_p, is_causal, scale, group)
         return out + _nan_rows(query, key, is_causal, group), None
     allowed = mask if mask.dtype == torch.bool else mask != float("-inf")  # (..., L, S)  NaN is not −inf: it shows
     row_ok = allowed.any(dim=-1, keepdim=True)  # (..., L, 1)  False on a fully masked row
@@ -143,9 +142,32 @@ def attend(query, key, value, attn_mask, dropout_p: float, is_causal: bool, scal
     # their dq, dk, dv contributions are 0
     safe = mask | ~row_ok if mask.dtype == torch.bool else mask.masked_fill(~row_ok, 0.0)
     query = torch.where(row_ok, query, 0.0)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=safe, dropout_p=dropout_p, scale=scale,
-                                         enable_gqa=group > 1)
+    out = _sdpa(query, key, value, safe, dropout_p, False, scale, group)
     return (out + nan_rows).masked_fill(~row_ok, 0.0), None  # (..., L, Ev)
+
+
+def _sdpa(query, key, value, mask, dropout_p: float, is_causal: bool, scale: float, group: int):
+    """F.scaled_dot_product_attention; under torch.export (rosetta export-onnx) written out as
+    masked_softmax(scale · Q Kᵀ + M) V, M the mask made additive (0 where allowed, −inf elsewhere).
+
+    torch.onnx writes SDPA with a boolean mask as Softmax followed by Where(IsNaN(P), 0, P), which
+    turns a NaN score (a NaN key or weight, a ∞ − ∞ overflow) into probability 0, and with a float
+    mask or none as a plain Softmax, which makes NaN of a row whose scores all overflowed to −inf.
+    Written out, the graph does what eager does: the mask is added (a NaN score shows, even behind
+    the mask, as in torch's kernels) and a row of only −inf gives 0.
+    """
+    if not (torch.compiler.is_exporting() and dropout_p == 0):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale, enable_gqa=group > 1)
+    k = key.repeat_interleave(group, dim=-3) if group > 1 else key  # (..., H, S, E)
+    v = value.repeat_interleave(group, dim=-3) if group > 1 else value  # (..., H, S, Ev)
+    scores = (query @ k.transpose(-1, -2)) * scale  # (..., L, S)  A = scale · Q Kᵀ
+    if is_causal:  # replaced, not added: torch's causal kernel skips the keys ahead, a NaN there included
+        causal = allowed_causal(query.shape[-2], key.shape[-2], torch_arange(query.device))  # (L, S)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None and mask.dtype == torch.bool:  # added, not Where: NaN + (−inf) stays NaN, as eager
+        mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))  # (..., L, S)
+    return masked_softmax(scores if mask is None else scores + mask) @ v  # (..., L, Ev)
 
 
 def _nan_rows(query, key, is_causal: bool, group: int):
