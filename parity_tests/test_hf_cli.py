@@ -34,7 +34,7 @@ from parity_tests.strategies import examples, seeds  # noqa: E402
 from parity_tests.tolerances import HF_LOGITS_TOL, SAMPLE_SIGMAS, relative_error  # noqa: E402
 from reference.decoding import _nucleus, _pick  # noqa: E402
 from rosetta.cli import main  # noqa: E402
-from rosetta.generate import embed, generate_ids  # noqa: E402
+from rosetta.generate import embed, generate_ids, load_tokenizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 try:  # the progress bars of save_pretrained / from_pretrained
@@ -289,6 +289,83 @@ def test_max_new_tokens_is_clipped_to_the_positions_left():
     ids, new, _, _ = generate_ids(folder, text(prompt), max_new_tokens=50, temperature=0.0)
     assert len(ids) + len(new) <= POSITIONS
 
+
+
+def _hf_greedy(folder, prompt, max_new_tokens):
+    """transformers' greedy continuation of ``prompt`` by the folder's model, read by from_pretrained (with its
+    generation_config.json) in float64."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64).eval()
+    with torch.no_grad():
+        return hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                           do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0).numpy()[0]
+
+
+def test_eos_ids_of_real_configs_and_generation_config(tmp_path):
+    """A copy of a real config keeps its EOS id when it shrinks the vocabulary (gpt2's 50256, here with 24 tokens):
+    that id is never drawn, and generation runs on as transformers'. generation_config.json's eos_token_id (where
+    instruct models such as Qwen2.5-Instruct list their end-of-turn ids) ends the text as in transformers."""
+    folder, _, eos = decoder_folder("gpt2")
+    copy = tmp_path / "gpt2"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "bos_token_id": 50256, "eos_token_id": 50256}))
+    (copy / "generation_config.json").unlink(missing_ok=True)
+    ids, new, _, _ = generate_ids(copy, text(PROMPT), dtype="float64", max_new_tokens=8, temperature=0.0)
+    np.testing.assert_array_equal(ids + new, _hf_greedy(copy, PROMPT, 8))
+    assert len(new) == 8
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": [50256, eos]}))
+    ids, new, _, _ = generate_ids(copy, text(PROMPT), dtype="float64", max_new_tokens=12, temperature=0.0)
+    expected = _hf_greedy(copy, PROMPT, 12)
+    assert expected[-1] == eos and len(expected) < len(PROMPT) + 12  # transformers stopped at it too
+    np.testing.assert_array_equal(ids + new, expected)
+
+
+def test_slow_tokenizer_files_are_read_as_transformers(tmp_path, capsys):
+    """Without tokenizer.json, GPT-2's vocab.json + merges.txt and BERT's vocab.txt are read as transformers'
+    AutoTokenizer reads them (the same ids), and the commands run on such folders."""
+    gpt2 = tmp_path / "gpt2"
+    shutil.copytree(decoder_folder("gpt2")[0], gpt2)
+    (gpt2 / "tokenizer.json").unlink()
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator([text(PROMPT), "w1 w12 w2 w21 w0"] * 3, tokenizers.trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<|endoftext|>"], initial_alphabet=[]))
+    bpe.model.save(str(gpt2))
+    bert = tmp_path / "bert"
+    shutil.copytree(bert_folder(False)[0], bert)
+    (bert / "tokenizer.json").unlink()
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "w", "##1"] + WORDS[7:]))
+    texts = {gpt2: [text(PROMPT), "w12w1 w2<|endoftext|>w0"], bert: ["W7 w1 w11, w2", "w21w1 x"]}
+    for folder, kind in ((gpt2, "gpt2"), (bert, "bert")):
+        hf = transformers.AutoTokenizer.from_pretrained(folder)
+        ours = load_tokenizer(folder, kind)
+        for sentence in texts[folder]:
+            assert ours.encode(sentence).ids == hf(sentence).input_ids, (kind, sentence)
+    (gpt2 / "generation_config.json").unlink(missing_ok=True)  # both read config's eos_token_id
+    hf = transformers.AutoTokenizer.from_pretrained(gpt2)
+    expected = hf.decode(_hf_greedy(gpt2, hf(text(PROMPT)).input_ids, 6), skip_special_tokens=True)
+    code, out, err = run_cli(capsys, "generate", "--model", str(gpt2), "--greedy", "--max-new-tokens", "6",
+                             "--dtype", "float64", text(PROMPT))
+    assert code == 0 and out.strip() == expected.strip(), err
+    code, out, err = run_cli(capsys, "embed", "--model", str(bert), *texts[bert])
+    assert code == 0 and len(out.strip().splitlines()) == 2, err
+
+
+def test_tokenizer_files_truncation_and_padding_are_not_applied(tmp_path):
+    """A tokenizer.json saved with truncation and padding on (sentence-transformers' files set them): transformers'
+    tokenizer call applies neither unless asked, so the ids are the whole text, and a text longer than the
+    model's positions is refused rather than silently cut."""
+    folder = tmp_path / "gpt2"
+    shutil.copytree(decoder_folder("gpt2")[0], folder)
+    tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(3)
+    tok.enable_padding(length=10)
+    tok.save(str(folder / "tokenizer.json"))
+    sentence = text(PROMPT + [7])
+    want = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))(sentence).input_ids
+    assert load_tokenizer(folder).encode(sentence).ids == want == PROMPT + [7]
+    with pytest.raises(ValueError, match="prompt is 24 tokens long"):
+        generate_ids(folder, text([4] * POSITIONS), max_new_tokens=2)
 
 # ---- (c) rosetta embed ---------------------------------------------------------------------------------
 

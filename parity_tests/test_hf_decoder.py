@@ -437,6 +437,27 @@ def test_folder_problems_are_refused(tmp_path):
         save_pretrained(R.DecoderLM.gpt(VOCAB, 8, 2, num_layers=1, max_len=8), tmp_path / "out")
 
 
+
+def test_damaged_folders_are_refused_naming_the_file(tmp_path):
+    """A shard the index names but the folder lacks, a config.json that is not JSON, a truncated safetensors
+    file (an interrupted download): each a ValueError (the commands print it as one line) naming the file."""
+    source, _ = checkpoint("gpt2")
+    model = transformers.AutoModelForCausalLM.from_pretrained(source)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    shards[1].unlink()
+    with pytest.raises(ValueError, match=f"names the shard '{shards[1].name}', which is missing"):
+        load_pretrained(tmp_path / "sharded")
+    shutil.copytree(source, tmp_path / "config")
+    (tmp_path / "config" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_pretrained(tmp_path / "config")
+    shutil.copytree(source, tmp_path / "truncated")
+    weights = tmp_path / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="model.safetensors is truncated: tensor '.*' needs bytes"):
+        load_pretrained(tmp_path / "truncated")
+
 def test_tensor_source_names_what_is_wrong():
     source = TensorSource({"a": np.zeros(2), "b": np.zeros(3), "c": np.zeros(1)}, "here")
     assert source.take("a", (2,)).shape == (2,)
@@ -488,6 +509,40 @@ def test_gpt2_model_checkpoint_without_prefix_and_old_buffers(tmp_path):
     model = load_pretrained(tmp_path / "gpt2", dtype="float64")
     assert relative_error(run_logits(R, model, ids, mask), hf_logits(hf, ids, mask)) <= HF_LOGITS_TOL
 
+
+
+#: fields that real config.json files hold and transformers does not read: gpt2's n_ctx (1024, kept when a copy
+#: shrinks n_positions), distilgpt2's and opus-mt's _num_labels, SmolLM2's is_llama_config and rope_interleaved
+REAL_CONFIG_LEFTOVERS = [
+    ("gpt2", {"n_ctx": 1024, "_num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}),
+    ("llama-tied", {"is_llama_config": True, "rope_interleaved": False, "_num_labels": 2}),
+]
+
+
+@pytest.mark.parametrize("arch, fields", REAL_CONFIG_LEFTOVERS, ids=[a for a, _ in REAL_CONFIG_LEFTOVERS])
+def test_real_config_leftovers_load_as_in_transformers(tmp_path, arch, fields):
+    _, hf = checkpoint(arch)
+    model = load_pretrained(edited(tmp_path, arch, config_edit=setter(**fields)), dtype="float64")
+    ids, mask = padded_batch(8, 2, 6, "none")
+    assert relative_error(run_logits(R, model, ids, mask), hf_logits(hf, ids, mask)) <= HF_LOGITS_TOL
+    save_pretrained(model, tmp_path / "out")
+    assert all(json.loads((tmp_path / "out" / "config.json").read_text())[k] == v for k, v in fields.items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "llama-tied", "qwen2"])
+def test_body_checkpoint_without_model_prefix(tmp_path, arch):
+    """A LlamaModel / Qwen2Model checkpoint (the body alone: no "model." prefix) loads as the causal LM, as
+    transformers' AutoModelForCausalLM reads it; an untied head keeps its name lm_head.weight."""
+    _, hf = checkpoint(arch)
+
+    def strip(tensors):
+        renamed = {name.removeprefix("model."): value for name, value in tensors.items()}
+        tensors.clear()
+        tensors.update(renamed)
+
+    model = load_pretrained(edited(tmp_path, arch, tensor_edit=strip), dtype="float64")
+    ids, mask = padded_batch(9, 2, 6, "none")
+    assert relative_error(run_logits(R, model, ids, mask), hf_logits(hf, ids, mask)) <= HF_LOGITS_TOL
 
 def test_llama_with_gelu_is_geglu(tmp_path):
     torch.manual_seed(1)

@@ -490,6 +490,24 @@ def test_tensor_problems_are_refused_by_name(folders, tmp_path, kind, name, chan
         load_pretrained(tmp_path)
 
 
+
+def test_opus_mt_config_fields_load_as_in_transformers(folders, tmp_path):
+    """Helsinki-NLP/opus-mt-*'s config.json holds static_position_embeddings: true (Marian's positions are the
+    sinusoids), _num_labels: 3 and extra_pos_embeddings, which transformers does not read: the folder loads and
+    gives transformers' logits."""
+    config, tensors = read_checkpoint(folders / "marian")
+    config.update(static_position_embeddings=True, _num_labels=3, extra_pos_embeddings=VOCAB, num_beams=4)
+    write_checkpoint(tmp_path, config, tensors)
+    hf = transformers.MarianMTModel.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    exact_positions(hf)
+    rng = np.random.default_rng(3)
+    src, tgt = rng.integers(0, VOCAB - 1, (2, 7)), rng.integers(0, VOCAB - 1, (2, 4))
+    with torch.no_grad():
+        want = hf(input_ids=torch.from_numpy(src), decoder_input_ids=torch.from_numpy(tgt)).logits.numpy()
+    model = load_pretrained(tmp_path, dtype="float64")
+    got = reference.to_numpy(model(src, tgt))
+    assert relative_error(got, want) <= HF_LOGITS_TOL
+
 def test_bert_model_without_its_pooler_is_refused_with_the_reason(folders):
     with pytest.raises(ValueError, match=r"pooler\.dense\.weight' is missing.*add_pooling_layer=False"):
         load_pretrained(folders / "bert_no_pooler")

@@ -25,6 +25,9 @@ from .hf import backend_namespace, load_pretrained
 DECODERS = ("gpt2", "llama", "mistral", "qwen2")
 ENCODERS = ("bert",)
 TOKENIZER = "tokenizer.json"
+GENERATION_CONFIG = "generation_config.json"
+#: model_type -> the files of its slow (Python) tokenizer, read when the folder has no tokenizer.json
+SLOW_TOKENIZERS = {"gpt2": ("vocab.json", "merges.txt"), "bert": ("vocab.txt",)}
 
 
 # ---- the folder: config, model, tokenizer --------------------------------------------------------
@@ -50,21 +53,46 @@ def model_type(folder, command: str, accepted) -> str:
     return kind
 
 
-def load_tokenizer(folder):
-    """The folder's tokenizer.json as a ``tokenizers.Tokenizer``; ValueError when it is missing or unreadable."""
+def load_tokenizer(folder, kind=None):
+    """The folder's tokenizer.json as a ``tokenizers.Tokenizer`` or, without one, the ``kind`` (model_type)
+    folder's slow-tokenizer files (SLOW_TOKENIZERS: GPT-2's vocab.json + merges.txt, BERT's vocab.txt) as the
+    tokenizer transformers converts them to; ValueError when there is none or it is unreadable."""
     path = Path(folder) / TOKENIZER
-    if not path.is_file():
-        raise ValueError(f"checkpoint folder {str(folder)!r} has no {TOKENIZER} (the fast tokenizer file "
-                         "AutoTokenizer.from_pretrained(...).save_pretrained(folder) writes)")
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise ValueError("reading tokenizer.json needs the tokenizers package: pip install tokenizers") from None
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else _slow_tokenizer(Path(folder), kind)
     except Exception as error:  # noqa: BLE001 - tokenizers raises its own Exception subclass
-        raise ValueError(f"{path} is not a tokenizers file: {error}") from None
+        raise ValueError(f"{path if path.is_file() else folder} is not a tokenizers file: {error}") from None
+    if tokenizer is None:
+        raise ValueError(f"checkpoint folder {str(folder)!r} has no {TOKENIZER} (the fast tokenizer file "
+                         "AutoTokenizer.from_pretrained(...).save_pretrained(folder) writes)")
     tokenizer.no_padding()  # one text at a time; embed pads (and masks) the batch itself
+    tokenizer.no_truncation()  # as transformers' tokenizer call: a text too long for the model is refused, not cut
+    return tokenizer
+
+
+def _slow_tokenizer(folder: Path, kind):
+    """The tokenizer of GPT-2's vocab.json + merges.txt (byte-level BPE) or BERT's vocab.txt (WordPiece, with
+    tokenizer_config.json's do_lower_case, strip_accents, tokenize_chinese_chars), as transformers' conversion of
+    its slow tokenizer builds it; None when the folder lacks the files."""
+    files = [folder / name for name in SLOW_TOKENIZERS.get(kind, ())]
+    if not files or not all(file.is_file() for file in files):
+        return None
+    settings_file = folder / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer
+
+    if kind == "bert":
+        return BertWordPieceTokenizer(str(files[0]), lowercase=settings.get("do_lower_case", True),
+                                      strip_accents=settings.get("strip_accents"),
+                                      handle_chinese_chars=settings.get("tokenize_chinese_chars", True))
+    tokenizer = ByteLevelBPETokenizer.from_file(*map(str, files), add_prefix_space=settings.get("add_prefix_space",
+                                                                                                 False))
+    if tokenizer.token_to_id("<|endoftext|>") is not None:  # GPT-2's BOS = EOS = UNK, one special token
+        tokenizer.add_special_tokens(["<|endoftext|>"])
     return tokenizer
 
 
@@ -82,12 +110,21 @@ def encode(tokenizer, text: str, name: str, max_len: int, room: int = 0) -> list
     return ids
 
 
-def eos_ids(config: dict) -> list[int]:
-    """config eos_token_id as a list (it may be an int, a list, or absent)."""
-    eos = config.get("eos_token_id")
-    if eos is None:
-        return []
-    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+def eos_ids(config: dict, folder=None) -> list[int]:
+    """The EOS ids: eos_token_id (an int, a list, or absent) of the folder's generation_config.json, which
+    transformers' generate reads (instruct models list their end-of-turn ids there), then of config."""
+    path = Path(folder) / GENERATION_CONFIG if folder is not None else None
+    generation = {}
+    if path is not None and path.is_file():
+        try:
+            generation = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path} is not a JSON generation config: {error}") from None
+    ids = []
+    for eos in (generation.get("eos_token_id") if isinstance(generation, dict) else None, config.get("eos_token_id")):
+        if eos is not None:
+            ids += [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    return list(dict.fromkeys(ids))  # each once, in order
 
 
 # ---- generate ------------------------------------------------------------------------------------
@@ -99,18 +136,18 @@ def generate_ids(folder, prompt: str, *, backend="numpy", dtype=None, max_new_to
 
     temperature 0 is greedy; num_beams > 1 (with temperature 0) is transformers' beam search
     (``generate(num_beams=, length_penalty=)``, early_stopping=False). The new ids end at the first
-    EOS (config eos_token_id; any of a list), which they include. max_new_tokens is clipped to the
-    positions left after the prompt.
+    EOS (any of eos_ids: generation_config.json's and config's eos_token_id), which they include.
+    max_new_tokens is clipped to the positions left after the prompt.
     """
-    model_type(folder, "generate", DECODERS)
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder, model_type(folder, "generate", DECODERS))
     rt = backend_namespace(backend)
     model = load_pretrained(folder, backend=rt, dtype=dtype)
     ids = encode(tokenizer, prompt, "prompt", model.max_len, room=1)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max-new-tokens must be a positive integer, got {max_new_tokens!r}")
     max_new_tokens = min(max_new_tokens, model.max_len - len(ids))
-    eos = eos_ids(model.hf_config)
+    # an EOS id outside the vocabulary (a shrunk copy of a real config) can never be drawn: it ends nothing
+    eos = [e for e in eos_ids(model.hf_config, folder) if 0 <= e < model.vocab_size]
     start = time.perf_counter()
     out = rt.generate(model, rt.asarray(np.asarray([ids], dtype=np.int64)), max_new_tokens,
                       temperature=temperature, top_k=top_k, eos_id=eos[0] if eos else None, seed=seed, top_p=top_p,
@@ -161,8 +198,7 @@ def last_hidden_state(model, ids, key_padding_mask):
 def embed(folder, sentences, *, backend="numpy", dtype=None) -> np.ndarray:
     """(len(sentences), d) float: mean of the last hidden states over each sentence's tokens (padding excluded),
     sentence-transformers' mean pooling."""
-    model_type(folder, "embed", ENCODERS)
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder, model_type(folder, "embed", ENCODERS))
     if not sentences:
         raise ValueError("embed needs at least one sentence")
     rt = backend_namespace(backend)

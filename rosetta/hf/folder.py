@@ -50,6 +50,9 @@ def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
             continue
         start, end = info["data_offsets"]
         raw = data[base + start:base + end]
+        if len(raw) != end - start:  # a truncated file (an interrupted download or copy)
+            raise ValueError(f"{file} is truncated: tensor {name!r} needs bytes {start}..{end} of its data, the file "
+                             f"holds {len(data) - base}")
         shape = tuple(info["shape"])
         kind = info["dtype"]
         if kind == "BF16":  # the upper 16 bits of a float32
@@ -61,6 +64,17 @@ def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
             raise ValueError(f"{file}: tensor {name!r} has dtype {kind}, which rosetta does not read")
         tensors[name] = np.array(array.reshape(shape))  # writable, owning its memory
     return tensors
+
+
+def _read_json(file: Path) -> dict:
+    """The JSON object in ``file``; ValueError naming the file when it is not one."""
+    try:
+        value = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -75,13 +89,16 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
                          f"model.safetensors)")
     if not (folder / CONFIG).is_file():
         raise ValueError(f"checkpoint folder {str(path)!r} has no {CONFIG}")
-    config = json.loads((folder / CONFIG).read_text())
+    config = _read_json(folder / CONFIG)
     if (folder / WEIGHTS).is_file():
         return config, _read_safetensors(folder / WEIGHTS)
     if (folder / INDEX).is_file():
-        weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+        weight_map = _read_json(folder / INDEX).get("weight_map", {})
         tensors = {}
         for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise ValueError(f"checkpoint folder {str(path)!r}: {INDEX} names the shard {shard!r}, which is "
+                                 f"missing")
             tensors.update(_read_safetensors(folder / shard))
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
@@ -128,6 +145,13 @@ class TensorSource:
             raise ValueError(f"{self.where}: tensor {name!r} has shape {tuple(value.shape)}, expected {tuple(shape)}")
         return value
 
+    def add_prefix(self, prefix: str, keep=("lm_head.weight",)) -> None:
+        """Name every tensor (but ``keep``) ``prefix`` + its name when none has the prefix: the checkpoint of
+        the bare body (GPT2Model, LlamaModel; the real gpt2 folder is one) read as the causal LM's, as transformers
+        does."""
+        if not any(name.startswith(prefix) for name in self.tensors):
+            self.tensors = {(name if name in keep else prefix + name): value for name, value in self.tensors.items()}
+
     def finish(self) -> None:
         """ValueError naming every tensor that was not taken."""
         if self.tensors:
@@ -147,6 +171,7 @@ COMMON_FIELDS = frozenset({
     "bad_words_ids", "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
     "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
     "begin_suppress_tokens", "tf_legacy_loss", "use_bfloat16", "_attn_implementation_autoset",
+    "_num_labels", "num_labels", "_commit_hash", "xla_device",  # classification label counts, old bookkeeping
 })
 
 

@@ -16,7 +16,8 @@ from .tensors import export_config, model_tensors
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
                "silu": "silu", "swish": "silu"}
 #: the GPT-2 fields read below; the *_pdrop ones are training-time dropout (see build) and the summary_* ones
-#: configure GPT2DoubleHeadsModel's classification head, which a causal LM does not have
+#: configure GPT2DoubleHeadsModel's classification head, which a causal LM does not have; n_ctx is an old alias
+#: of n_positions that transformers no longer reads (a copy of gpt2 with n_positions shrunk keeps n_ctx 1024)
 KNOWN = {
     "vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function", "resid_pdrop",
     "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "scale_attn_weights", "scale_attn_by_inverse_layer_idx",
@@ -42,8 +43,6 @@ def check(config: dict) -> dict:
         refuse("scale_attn_weights", False, "rosetta's attention always scales scores by 1/sqrt(head_dim)")
     if config.get("scale_attn_by_inverse_layer_idx", False):
         refuse("scale_attn_by_inverse_layer_idx", True, "rosetta's layers all scale scores the same way")
-    if config.get("n_ctx", config["n_positions"]) != config["n_positions"]:
-        refuse("n_ctx", config["n_ctx"], f"it must equal n_positions ({config['n_positions']})")
     s = sizes(config)
     if s["d"] % config["n_head"]:
         refuse("n_head", config["n_head"], f"n_embd={s['d']} must split evenly into the heads")
@@ -63,10 +62,7 @@ def to_rosetta(config: dict, source) -> dict:
     s = sizes(config)
     V, d, P, ff = s["V"], s["d"], s["P"], s["ff"]
     tied = bool(config.get("tie_word_embeddings", True))
-    if not any(name.startswith("transformer.") for name in source.tensors):  # a GPT2Model checkpoint (as "gpt2")
-        source.tensors = {f"transformer.{name}": value for name, value in source.tensors.items()
-                          if name != "lm_head.weight"} | (
-            {"lm_head.weight": source.tensors["lm_head.weight"]} if "lm_head.weight" in source.tensors else {})
+    source.add_prefix("transformer.")  # a GPT2Model checkpoint (as "gpt2")
     state = {"decoder.embedding.weight": source.take("transformer.wte.weight", (V, d)),
              "decoder.positional.weight": source.take("transformer.wpe.weight", (P, d))}
     for i in range(s["L"]):

@@ -23,9 +23,10 @@ _SHARED = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"
            "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
            "rope_scaling", "rope_parameters", "tie_word_embeddings", "attention_dropout", "head_dim"}
 #: the fields each architecture's config may hold (COMMON_FIELDS aside); pretraining_tp only splits Llama's
-#: products into slices (the same math), attention_dropout is training-time dropout (the model has none)
+#: products into slices (the same math), attention_dropout is training-time dropout (the model has none);
+#: is_llama_config and rope_interleaved (SmolLM2's config.json, from nanotron) are not read by transformers
 KNOWN = {
-    "llama": _SHARED | {"attention_bias", "mlp_bias", "pretraining_tp"},
+    "llama": _SHARED | {"attention_bias", "mlp_bias", "pretraining_tp", "is_llama_config", "rope_interleaved"},
     "mistral": _SHARED | {"sliding_window"},
     "qwen2": _SHARED | {"sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "use_mrope"},
 }
@@ -176,6 +177,7 @@ def _names(config: dict):
 def to_rosetta(config: dict, source) -> dict:
     s = sizes(config)
     tied = bool(config.get("tie_word_embeddings", False))
+    source.add_prefix("model.")  # a LlamaModel (MistralModel, Qwen2Model) checkpoint: the body alone
     state = {"decoder.embedding.weight": source.take("model.embed_tokens.weight", (s["V"], s["d"]))}
     for hf, ours, shape, bias in _names(config):
         state[ours + ".weight"] = source.take(hf + ".weight", shape)

@@ -50,7 +50,8 @@ ARCHITECTURES = {"MarianMTModel": None}
 #: the Marian config fields read below (besides folder.COMMON_FIELDS). Inert ones: the dropout rates
 #: (training only, see arguments), init_std, classifier dropout (no classification head is read),
 #: extra_pos_embeddings and output_past (old fields transformers no longer reads),
-#: num_hidden_layers (an alias of encoder_layers)
+#: num_hidden_layers (an alias of encoder_layers), static_position_embeddings (true in the opus-mt configs:
+#: Marian's positions are the fixed sinusoids whatever it says, and transformers no longer reads it)
 KNOWN = {
     "vocab_size", "decoder_vocab_size", "max_position_embeddings", "d_model", "encoder_layers", "decoder_layers",
     "encoder_ffn_dim", "decoder_ffn_dim", "encoder_attention_heads", "decoder_attention_heads", "encoder_layerdrop",
@@ -78,8 +79,7 @@ def arguments(config: dict) -> dict:
     refuse_unless(config, "decoder_ffn_dim", {ffn}, f"rosetta's Transformer has one d_ff (encoder_ffn_dim={ffn})")
     for field in ("encoder_layerdrop", "decoder_layerdrop"):
         refuse_unless(config, field, {0, 0.0}, "LayerDrop (skipping whole layers in training) is not supported")
-    for field in ("normalize_before", "add_final_layer_norm", "normalize_embedding", "add_bias_logits",
-                  "static_position_embeddings", "is_decoder"):
+    for field in ("normalize_before", "add_final_layer_norm", "normalize_embedding", "add_bias_logits", "is_decoder"):
         refuse_unless(config, field, {False}, "Marian's checkpoints are post-norm without these options")
     refuse_unless(config, "is_encoder_decoder", {True}, "MarianMTModel is an encoder-decoder")
     refuse_unless(config, "num_hidden_layers", {config.get("encoder_layers")}, "it must equal encoder_layers")
