@@ -71,15 +71,13 @@ class GELU(Elementwise):
             return 0.5 * x * (1 + xp.tanh(u))
         return x * _normal_cdf(x)
 
-    def derivative(self, x, cdf=None):
+    def derivative(self, x):
         xp = array_namespace(x)
         if self.approximate == "tanh":
             c = math.sqrt(2 / math.pi)
             t = xp.tanh(c * (x + 0.044715 * x**3))
             return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-        cdf = _normal_cdf(x) if cdf is None else cdf  # Φ(x)
-        pdf = xp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # φ(x)
-        return cdf + x * pdf
+        return _gelu_derivative(x, _normal_cdf(x))
 
     # the exact form keeps Φ(x) from forward for backward: erf is most of GELU's cost, computed once
     def forward(self, x):
@@ -95,7 +93,7 @@ class GELU(Elementwise):
             return super().backward(grad_output)
         saved = self.saved()
         dy = self.check_grad_output(grad_output, saved["x"].shape)
-        return dy * self.derivative(saved["x"], saved["cdf"])  # dx = dy ⊙ (Φ(x) + x φ(x))
+        return dy * _gelu_derivative(saved["x"], saved["cdf"])  # dx = dy ⊙ (Φ(x) + x φ(x))
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
@@ -105,6 +103,12 @@ class GELU(Elementwise):
 def _normal_cdf(x):
     """Φ(x) = ½(1 + erf(x/√2)), the standard normal distribution function."""
     return 0.5 * (1 + erf(x / math.sqrt(2)))
+
+
+def _gelu_derivative(x, cdf):
+    """GELU'(x) = Φ(x) + x φ(x), given Φ(x)."""
+    pdf = array_namespace(x).exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # φ(x)
+    return cdf + x * pdf
 
 
 # --8<-- [start:SiLU]
