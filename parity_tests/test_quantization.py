@@ -159,6 +159,25 @@ def test_llm_int8_non_finite_activations_propagate():
     assert np.isnan(y[0]).all() and not np.isfinite(y[2]).any() and np.isfinite(y[1]).all()
 
 
+@pytest.mark.parametrize("backend", cpu_backend_params(include_reference=False))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_llm_int8_in_half_precision_does_not_overflow(backend, dtype):
+    """Regressions: the int32 sums p qᵀ (up to 127² · in_features) were cast to the input's dtype before
+    scaling, which overflowed float16 (max 65504) to inf; and in bfloat16 a row's largest entry could give
+    p = round(x / s_x) = 128 (s_x = max|x| / 127 rounded down), which int8 wrapped to −128, flipping its sign."""
+    x = normal(1, (4, 256))  # (rows, in)  rows 0, 1: |p qᵀ| ≈ 127² · √256 / 3 ≫ 65504
+    x[2:] *= 0.01
+    x[2:, 7] = 0.6640625  # rows 2, 3: one dominant entry, which bfloat16 rounds to x / s_x = 128
+    with cpu_namespace(backend) as rt:
+        x = rt.asarray(x, dtype=dtype)
+        q = rt.QuantizedLinear.from_linear(rt.Linear(256, 8, seed=0, dtype=dtype), outlier_threshold=6.0)
+        y = rt.to_numpy(q(x)).astype(np.float64)
+        ref = R.QuantizedLinear(256, 8, outlier_threshold=6.0, dtype=np.float64)  # the same codes and scales
+        ref.load_state_dict({k: rt.to_numpy(v).astype(np.int8 if k == "weight" else np.float64)
+                             for k, v in q.state_dict().items()})
+        assert_close(y, ref(rt.to_numpy(x).astype(np.float64)), dtype, f"LLM.int8 in {dtype} on {backend}")
+
+
 def test_directly_built_layer_is_zero_until_loaded():
     q = R.QuantizedLinear(64, 3, bits=4, group_size=32, dtype=np.float64)
     x = normal(0, (2, 64))

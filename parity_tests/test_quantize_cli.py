@@ -233,12 +233,22 @@ def test_quantize_a_hugging_face_folder(hf_folder, tmp_path, capsys):
     assert model.lm_head.weight is model.decoder.embedding.weight  # the tied head stays float, shared
 
 
+def test_a_quantized_model_is_not_exported_as_a_hugging_face_folder(hf_folder, tmp_path):
+    """Regression: save_pretrained wrote the packed codes as float weights (and dropped the scales), a folder
+    that neither transformers nor load_pretrained could read; it now refuses, writing nothing."""
+    from rosetta.hf import load_pretrained, save_pretrained
+
+    model = R.quantize_model(load_pretrained(hf_folder("llama")), bits=4, group_size=32)
+    with pytest.raises(ValueError, match="model must be a float model.*quantized with.*'bits': 4"):
+        save_pretrained(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ---- (d) bad input ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("args, message", [
     (("--bits", 3), "bits must be 8 or 4, got 3"),
-    (("--bits", 4), "group_size is required for bits=4"),
     (("--bits", 4, "--group-size", 64), "must be divisible by group_size=64, got 32"),
     (("--bits", 4, "--group-size", 48), "group_size must be one of [32, 64], got 48"),
     (("--bits", 4, "--group-size", 32, "--outlier-threshold", 6), "outlier_threshold (LLM.int8) is for bits=8 only"),
@@ -250,6 +260,26 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, args, message):
     assert code == 2 and printed == ""
     assert err.startswith("rosetta quantize: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_bits_4_without_a_group_size_uses_groups_of_32(tmp_path, capsys):
+    """`rosetta quantize --checkpoint FILE --bits 8|4 --out FILE` (the issue's and README's form) runs with 4 bits
+    too: the command defaults to groups of 32 (the layer API keeps group_size required)."""
+    source, _ = float_checkpoint(tmp_path)
+    code, printed, err = run_cli(capsys, "quantize", "--checkpoint", source, "--bits", 4, "--out", tmp_path / "q.sft")
+    assert code == 0, err
+    assert "4 bits per group of 32 input features" in printed
+    assert checkpoint_info(tmp_path / "q.sft")[1] == {"bits": 4, "group_size": 32, "outlier_threshold": None}
+
+
+def test_an_out_that_is_a_folder_is_a_one_line_error(tmp_path, capsys):
+    """Regression: --out naming an existing folder ended in an IsADirectoryError traceback (status 1)."""
+    source, _ = float_checkpoint(tmp_path)
+    (tmp_path / "folder").mkdir()
+    code, printed, err = run_cli(capsys, "quantize", "--checkpoint", source, "--bits", 8, "--out", tmp_path / "folder")
+    assert code == 2 and printed == "" and err.count("\n") == 1
+    assert "path must be a file" in err and "an existing folder" in err
+    assert list((tmp_path / "folder").iterdir()) == []
 
 
 def test_float_and_quantized_files_are_not_mixed_up(tmp_path, capsys):

@@ -168,9 +168,12 @@ def int8_matmul(x_rows, codes, weight_scale, xp=np):
         return xp.zeros((rows, out_features), dtype=x_rows.dtype)
     x_scale = xp.max(xp.abs(x_rows), axis=1, keepdims=True) / 127  # (rows, 1)  s_x = max|x_r| / 127
     divisor = xp.where(x_scale > 0, x_scale, xp.ones_like(x_scale))  # (rows, 1)  an all-zero row: p = 0
-    p = xp.round(x_rows / divisor).astype(xp.int8)  # (rows, k)  p = round(x / s_x) ∈ [−127, 127]
+    p = xp.round(x_rows / divisor)  # (rows, k)  p = round(x / s_x) ∈ [−127, 127] in exact arithmetic
+    p = xp.clip(p, -127, 127).astype(xp.int8)  # (rows, k)  a half-precision s_x rounded down gives 128: int8 wraps
     accumulated = p.astype(xp.int32) @ codes.astype(xp.int32).T  # (rows, out)  exact integer sums
-    return accumulated.astype(x_rows.dtype) * (x_scale * weight_scale[None, :])  # (rows, out)
+    wide = xp.result_type(x_rows.dtype, xp.float32)  # |Σ| reaches 127² · k: past float16's 65504, so ≥ float32
+    y = accumulated.astype(wide) * (x_scale.astype(wide) * weight_scale[None, :].astype(wide))  # (rows, out)
+    return y.astype(x_rows.dtype)  # (rows, out)
 
 
 def llm_int8_matmul(x_rows, codes, weight_scale, w_hat, threshold: float, xp=np):

@@ -153,6 +153,8 @@ def save_checkpoint(path, model, config: dict) -> Path:
     and a failure leaves an existing file untouched.
     """
     path = Path(path)
+    if path.is_dir():  # os.replace would fail late, with a traceback, after the work is done
+        raise ValueError(f"path must be a file to write the checkpoint to, got {str(path)!r}, an existing folder")
     kind = model_kind(model)
     config = _check_config(config, kind)
     quantization = getattr(model, "quantization", None)

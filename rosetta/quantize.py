@@ -25,6 +25,8 @@ from .checkpoint import (backend_namespace, load_checkpoint, model_kind, pretrai
 
 #: the probe batch: rows and tokens (at most the model's max_len), drawn once from this seed
 PROBE_ROWS, PROBE_TOKENS, PROBE_SEED = 4, 16, 0
+#: the command's group size for --bits 4 without --group-size: 32 divides every width that 64 does
+DEFAULT_GROUP_SIZE = 32
 
 
 def probe_inputs(model, rows: int = PROBE_ROWS, tokens: int = PROBE_TOKENS, seed: int = PROBE_SEED) -> tuple:
@@ -142,7 +144,8 @@ def add_commands(sub) -> None:
                                              "or one written by rosetta.checkpoint.save_checkpoint)")
     source.add_argument("--model", help="a Hugging Face checkpoint folder (GPT-2, Llama, Mistral, Qwen2, BERT)")
     cmd.add_argument("--bits", type=int, required=True, help="8 (per output channel) or 4 (per group)")
-    cmd.add_argument("--group-size", type=int, help="input features per 4-bit scale: 32 or 64 (required with --bits 4)")
+    cmd.add_argument("--group-size", type=int,
+                     help=f"input features per 4-bit scale: 32 or 64 (with --bits 4; default {DEFAULT_GROUP_SIZE})")
     cmd.add_argument("--outlier-threshold", type=float,
                      help="8 bits only: input features whose |x| exceeds this are multiplied in floating point "
                           "(LLM.int8; e.g. 6.0)")
@@ -153,9 +156,10 @@ def add_commands(sub) -> None:
 
 
 def run_quantize(args) -> int:
+    group_size = DEFAULT_GROUP_SIZE if args.bits == 4 and args.group_size is None else args.group_size
     try:
         report = quantize(args.out, checkpoint=args.checkpoint, model_dir=args.model, bits=args.bits,
-                          group_size=args.group_size, outlier_threshold=args.outlier_threshold, backend=args.backend)
+                          group_size=group_size, outlier_threshold=args.outlier_threshold, backend=args.backend)
     except (TypeError, ValueError) as error:
         print(f"rosetta quantize: error: {error}", file=sys.stderr)
         return 2

@@ -62,8 +62,10 @@ def int8_matmul(x_rows: torch.Tensor, codes: torch.Tensor, weight_scale: torch.T
         return x_rows.new_zeros((x_rows.shape[0], codes.shape[0]))
     x_scale = x_rows.abs().amax(dim=1, keepdim=True) / 127  # (rows, 1)
     divisor = torch.where(x_scale > 0, x_scale, torch.ones_like(x_scale))  # (rows, 1)
-    p = torch.round(x_rows / divisor).to(torch.int8)  # (rows, k)
-    return integer_product(p, codes).to(x_rows.dtype) * (x_scale * weight_scale[None, :])  # (rows, out)
+    p = torch.round(x_rows / divisor).clamp(-127, 127).to(torch.int8)  # (rows, k)  a rounded-down s_x: not 128
+    wide = torch.promote_types(x_rows.dtype, torch.float32)  # |Σ| reaches 127² · k: past float16's 65504
+    y = integer_product(p, codes).to(wide) * (x_scale.to(wide) * weight_scale[None, :].to(wide))  # (rows, out)
+    return y.to(x_rows.dtype)
 
 
 def llm_int8_matmul(x_rows, codes, weight_scale, w_hat, threshold: float) -> torch.Tensor:

@@ -73,5 +73,9 @@ def save_pretrained(model, path) -> None:
     if config is None:
         raise ValueError("save_pretrained needs a model made by rosetta.hf.load_pretrained (it remembers the "
                          "checkpoint's architecture in model.hf_config)")
+    if getattr(model, "quantization", None) is not None:  # its integer codes are not Hugging Face float weights
+        raise ValueError(f"model must be a float model to save as a Hugging Face folder, got one quantized with "
+                         f"{model.quantization} (save it with rosetta.checkpoint.save_checkpoint, or save the float "
+                         "model it was quantized from)")
     config, tensors = architecture(config).from_rosetta(model)
     write_checkpoint(path, config, tensors)
