@@ -241,6 +241,12 @@ def test_api_refusals_name_the_argument(exported, tmp_path):
         export_onnx(torch_half(model), out)
     with pytest.raises(ValueError, match="give exactly one of checkpoint"):
         load_model()
+    outliers = copy.deepcopy(model)
+    from accelerated.torch import quantize_model
+
+    quantize_model(outliers, bits=8, outlier_threshold=6.0)  # LLM.int8: its float columns depend on the batch
+    with pytest.raises(ValueError, match="model must not use LLM.int8's outlier split"):
+        export_onnx(outliers, out)
     assert not out.exists()
 
 

@@ -143,7 +143,8 @@ def export_onnx(model, out, *, opset: int = OPSET) -> Path:
     The graph is the eval-mode forward (the model's train/eval mode is restored afterwards). The
     file is written beside its destination under a temporary name and renamed over it, so a
     failed export leaves no half-written file. Raises TypeError for a model of another backend,
-    ValueError for an opset the exporter cannot write, a dtype outside DTYPES, an unwritable
+    ValueError for an opset the exporter cannot write, a dtype outside DTYPES, a model quantized with
+    LLM.int8's outlier split (int8 and 4-bit weights export, stored dequantized), an unwritable
     destination, missing exporter packages, or a graph that would turn NaN into 0 (check_keeps_nan).
     """
     import torch
@@ -154,6 +155,11 @@ def export_onnx(model, out, *, opset: int = OPSET) -> Path:
     if dtype not in DTYPES:
         raise ValueError(f"model dtype must be one of {', '.join(DTYPES)} for ONNX export on the CPU, got {dtype} "
                          "(convert it with model.float())")
+    quantization = getattr(model, "quantization", None) or {}
+    if quantization.get("outlier_threshold") is not None:  # which columns go the float way depends on the batch
+        raise ValueError(f"model must not use LLM.int8's outlier split for ONNX export, got quantization "
+                         f"{quantization}: its column choice depends on the data, which a graph cannot trace; "
+                         "quantize without --outlier-threshold, or export the float model")
     out = check_destination(out)
     try:
         import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter writes the graph with it
