@@ -1,4 +1,4 @@
-"""``python -m rosetta.bench {attention,training,cpu,dispatch,real-models,quantization} [options]`` (also ``rosetta bench ...``)."""
+"""``python -m rosetta.bench {attention,training,cpu,dispatch,real-models,quantization,hf-agreement} [options]`` (also ``rosetta bench ...``)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,12 @@ def build_parser(parser=None):
                        help="LLM.int8 thresholds, one row each (default 6,3)")
     quant.add_argument("--warmup", type=int, default=1)
     quant.add_argument("--reps", type=int, default=5)
-    for p in (att, tr, cpu, dispatch, real, quant):
+    agree = sub.add_parser("hf-agreement", help="Hugging Face models vs transformers: worst error per architecture "
+                                                "and backend (CPU)")
+    agree.add_argument("--seeds", type=int, default=3, help="seeds (checkpoints and inputs) per architecture")
+    agree.add_argument("--architectures", default=",".join(__import__("rosetta.bench.hf_agreement",
+                                                                      fromlist=["x"]).ARCHITECTURES))
+    for p in (att, tr, cpu, dispatch, real, quant, agree):
         p.add_argument("--out", default=common.DEFAULT_OUT, help=f"folder for JSON and PNG (default {common.DEFAULT_OUT})")
     return parser
 
@@ -103,6 +108,10 @@ def run(args) -> int:
 
         document = suite.run(args.checkpoint, args.preset, outlier_thresholds=args.outlier_thresholds,
                              warmup=args.warmup, reps=args.reps, progress=True)
+    elif args.suite == "hf-agreement":
+        from . import hf_agreement as suite
+
+        document = suite.run(args.seeds, tuple(args.architectures.split(",")))
     else:
         from . import cpu as suite
 
@@ -124,6 +133,8 @@ def run(args) -> int:
         drawn = plots.dispatch_plot(document, png)
     elif args.suite in ("real-models", "quantization"):
         drawn = suite.plot(document, png)
+    elif args.suite == "hf-agreement":
+        drawn = None  # a table of figures, no plot
     else:
         drawn = plots.bars(document, png, lambda r: f"{r['implementation']}\n{r['threads']} thr.",
                            f"CPU training step ({document['config']['preset']} preset), {document['device']['name']}")
