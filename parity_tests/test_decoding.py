@@ -332,6 +332,33 @@ def test_generate_stops_at_eos_and_pads():
     np.testing.assert_array_equal(one, free[:1, :3])  # the only row ends at once: generation stops
 
 
+def cut_at_eos(free, eos, prompt_len):
+    """Each row of a free-running continuation up to its first token among eos, then eos[0] (transformers' pad
+    when pad_token_id is unset), cut after the longest row: what generate(eos_id=eos) gives for the same draws."""
+    rows, ends = free.copy(), []
+    for row in rows:
+        hits = np.flatnonzero(np.isin(row[prompt_len:], eos))
+        end = prompt_len + hits[0] + 1 if hits.size else len(row)
+        row[end:] = eos[0]
+        ends.append(end)
+    return rows[:, :max(ends)]
+
+
+@examples(0.3)
+@given(st.sampled_from([0.0, 1.0]), st.lists(st.integers(0, 7), min_size=1, max_size=3), seeds)
+def test_generate_stops_at_any_of_several_eos_ids(temperature, steps, seed):
+    """eos_id=[a, b, ...] (tokens the free run draws at the given steps; steps 6, 7: the last id): each row
+    ends at its first token among them and is padded with the first; one id alone is the same as eos_id=a."""
+    model, prompt = tiny_lm("learned", seed), token_ids(seed, (3, 2))
+    free = generate(model, prompt, 8, temperature=temperature, seed=seed)
+    eos = list(dict.fromkeys(int(free[i % 3, 2 + step]) if step < 6 else VOCAB - 1 for i, step in enumerate(steps)))
+    got = generate(model, prompt, 8, temperature=temperature, seed=seed, eos_id=eos)
+    np.testing.assert_array_equal(got, cut_at_eos(free, eos, 2))
+    if len(eos) == 1:
+        np.testing.assert_array_equal(got, generate(model, prompt, 8, temperature=temperature, seed=seed,
+                                                    eos_id=eos[0]))
+
+
 # ---- errors -------------------------------------------------------------------------------------------------
 
 

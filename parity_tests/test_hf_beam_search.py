@@ -4,13 +4,16 @@ rosetta's ``generate(..., temperature=0.0, num_beams=K, length_penalty=, early_s
 transformers' algorithm (reference/decoding.py lm_beam_search_on): K running hypotheses, a pool of
 the K best finished ones scored log P / n^length_penalty (n: generated tokens, EOS included, prompt
 not), transformers' early-stopping rules. The tiny random checkpoints are test_hf_decoder's; the
-EOS id is drawn among the likely first tokens so that hypotheses end at different lengths.
+EOS ids (one, or several as instruct models list them) are drawn among the likely first tokens so
+that hypotheses end at different lengths.
 
 * the returned tokens equal transformers' (hypothesis over sizes, beams, penalties, early
   stopping, EOS or none; reference and torch in float64; the emulated CuPy backend in float32);
 * every pooled hypothesis and its score (num_return_sequences=K) equal transformers', rows of a
   batch ending at different lengths (EOS-padded);
-* bad beam arguments are refused by name, alike on every backend.
+* with several EOS ids any of them ends a hypothesis, the pool is padded with the first, as
+  transformers' ``generate(eos_token_id=[...])``, and the later ids change the result;
+* bad beam and EOS arguments are refused by name, alike on every backend.
 
 transformers sums the log-probabilities in float32, rosetta in float64: scores agree within
 HF_BEAM_SCORE_TOL.
@@ -45,13 +48,21 @@ def likely_token(hf, prompt, rank: int) -> int:
     return int(torch.argsort(logits, descending=True, stable=True)[rank])
 
 
+def likely_eos(hf, prompt, rank):
+    """None, the token of that rank (an int), or the tokens of a tuple of ranks (a list, the EOS ids)."""
+    if rank is None:
+        return None
+    return likely_token(hf, prompt, rank) if isinstance(rank, int) else [likely_token(hf, prompt, r) for r in rank]
+
+
 def hf_beam_search(hf, prompt, max_new_tokens, num_beams, eos_id, length_penalty, early_stopping, returned=1):
-    """transformers' (sequences (B·returned, T), sequences_scores (B·returned,)) as NumPy arrays."""
+    """transformers' (sequences (B·returned, T), sequences_scores (B·returned,)) as NumPy arrays; eos_id: None,
+    an id or a list of ids. The pad id is left unset with EOS ids (transformers then pads with the first one)."""
     B, P = prompt.shape
     with torch.no_grad():
         out = hf.generate(torch.tensor(prompt), attention_mask=torch.ones(B, P, dtype=torch.long), do_sample=False,
                           num_beams=num_beams, max_new_tokens=max_new_tokens, eos_token_id=eos_id,
-                          pad_token_id=0 if eos_id is None else eos_id, length_penalty=length_penalty,
+                          pad_token_id=0 if eos_id is None else None, length_penalty=length_penalty,
                           early_stopping=early_stopping, num_return_sequences=returned,
                           return_dict_in_generate=True, output_scores=True)
     return out.sequences.numpy(), out.sequences_scores.numpy()
@@ -61,7 +72,8 @@ cases = st.fixed_dictionaries({
     "arch": st.sampled_from(["gpt2", "llama", "llama3"]), "beams": st.integers(2, 4),
     "length_penalty": st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0]),
     "early_stopping": st.sampled_from([False, True, "never"]),
-    "eos_rank": st.sampled_from([None, 0, 1, 3]),  # None: no EOS, hypotheses end at max_new_tokens
+    # None: no EOS, hypotheses end at max_new_tokens; a tuple: several EOS ids (the first ranks lowest)
+    "eos_rank": st.sampled_from([None, 0, 1, 3, (3, 0), (4, 1, 0)]),
     "batch": st.integers(1, 3), "length": st.integers(1, 5), "new": st.integers(1, 8), "seed": st.integers(0, 99),
 })
 
@@ -71,7 +83,7 @@ cases = st.fixed_dictionaries({
 def test_beam_search_matches_transformers(case):
     folder, hf = checkpoint(case["arch"])
     prompt = np.random.default_rng(case["seed"]).integers(0, VOCAB, (case["batch"], case["length"]))
-    eos = None if case["eos_rank"] is None else likely_token(hf, prompt, case["eos_rank"])
+    eos = likely_eos(hf, prompt, case["eos_rank"])
     settings = dict(num_beams=case["beams"], length_penalty=case["length_penalty"],
                     early_stopping=case["early_stopping"])
     expected, expected_scores = hf_beam_search(hf, prompt, case["new"], case["beams"], eos, case["length_penalty"],
@@ -107,11 +119,46 @@ def test_every_pooled_hypothesis_and_score_match_transformers(arch, seed, rank):
     np.testing.assert_array_equal(best, tokens[:, 0, :4 + lengths[:, 0].max()])
 
 
+# the third case needs transformers' max(2, 1 + #EOS)·K ranked extensions: with 2K, beams die and the best differs
+# (its pool holds only max_new_tokens-long hypotheses: length_penalty 2 favours them)
+@pytest.mark.parametrize("arch, seed, shape, new, ranks, length_penalty, early_stopping, later_ends", [
+    ("gpt2", 3, (2, 4), 8, (3, 0), 1.0, False, True), ("llama", 1, (2, 4), 8, (2, 5, 1), 1.0, False, True),
+    ("gpt2", 1, (1, 3), 10, (0, 1, 2), 2.0, "never", False)])
+def test_several_eos_ids_end_hypotheses_as_in_transformers(arch, seed, shape, new, ranks, length_penalty,
+                                                           early_stopping, later_ends):
+    """eos_id=[a, b, ...] as transformers' eos_token_id=[...]: any of them ends a hypothesis (later_ends: a
+    pooled one ends with a later id), the pool is padded with the first, and the later ids matter (transformers
+    with the first id alone gives other tokens)."""
+    folder, hf = checkpoint(arch)
+    K, B, P = 3, *shape
+    prompt = np.random.default_rng(seed).integers(0, VOCAB, shape)
+    eos = likely_eos(hf, prompt, ranks)
+    expected, expected_scores = hf_beam_search(hf, prompt, new, K, eos, length_penalty, early_stopping, returned=K)
+    model = load_pretrained(folder, dtype="float64")
+    tokens, scores, lengths = decoding.lm_beam_search_on(decoding.REFERENCE, model, prompt, new, K, eos,
+                                                         length_penalty, early_stopping)
+    np.testing.assert_array_equal(tokens.reshape(B * K, -1), expected)
+    assert relative_error(scores.ravel(), expected_scores) <= HF_BEAM_SCORE_TOL
+    ends = [int(sequence[P + n - 1]) for sequence, n in zip(tokens.reshape(B * K, -1), lengths.ravel()) if n < new]
+    assert set(ends) <= set(eos) and bool(set(ends) & set(eos[1:])) == later_ends, ends
+    for sequence, n in zip(tokens.reshape(B * K, -1), lengths.ravel()):
+        assert (sequence[P + n:] == eos[0]).all()  # padded with the first id
+    best, _ = hf_beam_search(hf, prompt, new, K, eos, length_penalty, early_stopping)
+    settings = dict(temperature=0.0, num_beams=K, length_penalty=length_penalty, early_stopping=early_stopping)
+    for rt in (R, torch_rt()):
+        got = rt.generate(load_pretrained(folder, backend=rt, dtype="float64"), rt.asarray(prompt), new,
+                          eos_id=rt.asarray(np.array(eos)) if rt is not R else tuple(eos), **settings)
+        np.testing.assert_array_equal(rt.to_numpy(got), best, err_msg=rt.__name__)
+    first_only, _ = hf_beam_search(hf, prompt, new, K, eos[0], length_penalty, early_stopping)
+    assert first_only.shape != best.shape or (first_only != best).any()
+
+
 @pytest.mark.skipif(EMULATION_MISSING is not None, reason=f"CuPy on the CUDA host emulator: {EMULATION_MISSING}")
-def test_beam_search_on_emulated_cupy_matches_transformers():
+@pytest.mark.parametrize("rank", [2, (2, 0)])
+def test_beam_search_on_emulated_cupy_matches_transformers(rank):
     folder, hf = checkpoint("llama")
     prompt = np.random.default_rng(3).integers(0, VOCAB, (2, 3))
-    eos = likely_token(hf, prompt, 2)
+    eos = likely_eos(hf, prompt, rank)
     expected, _ = hf_beam_search(hf, prompt, 6, 3, eos, 1.0, False)
     with cupy_emulator.emulated_cupy() as rt:
         model = load_pretrained(folder, backend=rt, dtype="float32")
@@ -135,7 +182,11 @@ BAD_BEAM_ARGUMENTS = [
                          ids=["zero", "float", "temperature", "top_k", "early-word", "early-int", "penalty-str",
                               "penalty-nan"])
 def test_bad_beam_arguments_are_refused_alike(arguments, error, message):
-    arguments = {"temperature": 0.0, **arguments}
+    refused_alike({"temperature": 0.0, **arguments}, error, message)
+
+
+def refused_alike(arguments, error, message):
+    """generate(**arguments) raises error matching message on the reference, torch and (emulated) CuPy."""
 
     def check(rt, dtype):
         model = rt.DecoderLM.gpt(VOCAB, 8, 2, num_layers=1, max_len=16, seed=0, dtype=dtype)
@@ -147,6 +198,26 @@ def test_bad_beam_arguments_are_refused_alike(arguments, error, message):
     if EMULATION_MISSING is None:
         with cupy_emulator.emulated_cupy() as rt:
             check(rt, "float32")
+
+
+BAD_EOS_ARGUMENTS = [
+    ([], ValueError, r"eos_id must be an id or a non-empty sequence of ids, got \[\]"),
+    ([3, VOCAB], ValueError, rf"eos_id\[1\] must lie in \[0, {VOCAB}\) \(the vocabulary\), got {VOCAB}"),
+    ((3, -1), ValueError, r"eos_id\[1\] must be >= 0, got -1"),
+    ([3, 4.0], TypeError, r"eos_id\[1\] must be an int, got float"),
+    (np.array([3.0]), TypeError, r"eos_id\[0\] must be an int, got float"),
+    ([[3]], TypeError, r"eos_id\[0\] must be an int, got list"),
+    ("3", TypeError, "eos_id must be an int or a sequence of ints, got str"),
+    (True, TypeError, "eos_id must be an int or a sequence of ints, got bool"),
+    (VOCAB, ValueError, rf"eos_id must lie in \[0, {VOCAB}\)"),
+]
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+@pytest.mark.parametrize("eos_id, error, message", BAD_EOS_ARGUMENTS,
+                         ids=["empty", "outside", "negative", "float", "float-array", "nested", "str", "bool", "int"])
+def test_bad_eos_ids_are_refused_alike(eos_id, error, message, num_beams):
+    refused_alike({"temperature": 0.0, "num_beams": num_beams, "eos_id": eos_id}, error, message)
 
 
 def test_rosetta_generate_num_beams_equals_transformers(capsys):

@@ -320,6 +320,35 @@ def test_eos_ids_of_real_configs_and_generation_config(tmp_path):
     np.testing.assert_array_equal(ids + new, expected)
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_several_eos_ids_of_generation_config_end_the_text_as_transformers(tmp_path, capsys, num_beams):
+    """generation_config.json listing several EOS ids (as Llama 3 / Qwen2.5 instruct folders do): greedy and beam
+    search stop at any of them, as transformers' generate reading the same file; a later id ends the text."""
+    folder, hf, eos = decoder_folder("llama")
+    copy = tmp_path / "llama"
+    shutil.copytree(folder, copy)
+    with torch.no_grad():
+        free = hf.generate(torch.tensor([PROMPT]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                           do_sample=False, max_new_tokens=12, pad_token_id=0).numpy()[0, 4:]
+    # the config's id (drawn before the others) last, as transformers reads only this list; beam search with
+    # the first id alone, its text then cut at any listed id, gives other tokens (rosetta's former behaviour)
+    listed = [int(free[6]), int(free[11]), eos]
+    assert len(set(listed)) == 3, listed
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": listed}))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(copy, dtype=torch.float64).eval()
+    with torch.no_grad():
+        expected, first_only = (hf.generate(torch.tensor([PROMPT]), attention_mask=torch.ones(1, 4, dtype=torch.long),
+                                            do_sample=False, num_beams=num_beams, max_new_tokens=12,
+                                            **ids).numpy()[0] for ids in ({}, {"eos_token_id": listed[0]}))
+    assert expected[-1] in listed[1:] and len(expected) < 4 + 12 and not np.array_equal(expected, first_only)
+    ids, new, _, _ = generate_ids(copy, text(PROMPT), dtype="float64", max_new_tokens=12, temperature=0.0,
+                                  num_beams=num_beams)
+    np.testing.assert_array_equal(ids + new, expected)
+    code, out, err = run_cli(capsys, "generate", "--model", str(copy), "--dtype", "float64", "--max-new-tokens", "12",
+                             "--greedy", "--num-beams", str(num_beams), text(PROMPT))
+    assert code == 0 and out.strip() == text(expected), err
+
+
 def test_slow_tokenizer_files_are_read_as_transformers(tmp_path, capsys):
     """Without tokenizer.json, GPT-2's vocab.json + merges.txt and BERT's vocab.txt are read as transformers'
     AutoTokenizer reads them (the same ids), and the commands run on such folders."""

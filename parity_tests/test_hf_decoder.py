@@ -42,6 +42,7 @@ from hypothesis import strategies as st  # noqa: E402
 import reference as R  # noqa: E402
 from accelerated import cupy_emulator  # noqa: E402
 from parity_tests.strategies import examples  # noqa: E402
+from parity_tests.test_decoding import cut_at_eos  # noqa: E402
 from parity_tests.tolerances import (  # noqa: E402
     FORWARD_TOL,
     HF_GRADIENT_TOL,
@@ -307,6 +308,39 @@ def test_greedy_generation_matches_transformers(arch):
             model = load_pretrained(folder, backend=rt, dtype="float32")
             got = np.asarray(rt.to_numpy(rt.generate(model, rt.asarray(prompt), 20, temperature=0.0)))
         np.testing.assert_array_equal(got, expected, err_msg=f"{arch} on emulated CuPy (float32)")
+
+
+def test_greedy_and_sampling_with_several_eos_ids():
+    """eos_id=[a, b, c] as transformers' eos_token_id=[...]: each row stops at its first token that is any of
+    them, is padded with the first; greedy equals transformers' generate on every backend, sampling with one
+    seed draws the same tokens on the reference and torch, those of the free run cut at the ends."""
+    folder, hf = checkpoint("llama")
+    prompt = np.random.default_rng(4).integers(0, VOCAB, (2, 5))
+    with torch.no_grad():
+        free = hf.generate(torch.tensor(prompt), attention_mask=torch.ones(2, 5, dtype=torch.long),
+                           do_sample=False, max_new_tokens=12, pad_token_id=0).numpy()
+    eos = [int(free[1, 5 + 7]), int(free[0, 5 + 4]), int(free[1, 5 + 1])]  # the first (the pad) ends no row
+    with torch.no_grad():
+        expected = hf.generate(torch.tensor(prompt), attention_mask=torch.ones(2, 5, dtype=torch.long),
+                               do_sample=False, max_new_tokens=12, eos_token_id=eos).numpy()
+    np.testing.assert_array_equal(expected, cut_at_eos(free, eos, 5))
+    assert expected.shape[1] < 5 + 12 and {int(expected[0, -1]), int(expected[1, 6])} == set(eos[1:])
+    sample = dict(temperature=0.9, top_k=20, seed=3)
+    free_sample = R.generate(load_pretrained(folder, dtype="float64"), prompt, 12, **sample)
+    sample_eos = (int(free_sample[0, 5 + 7]), int(free_sample[0, 5 + 3]), int(free_sample[1, 5 + 2]))
+    sampled = cut_at_eos(free_sample, sample_eos, 5)
+    assert sampled.shape[1] < 5 + 12
+    for rt in (R, torch_rt()):
+        model = load_pretrained(folder, backend=rt, dtype="float64")
+        got = rt.generate(model, rt.asarray(prompt), 12, temperature=0.0, eos_id=eos)
+        np.testing.assert_array_equal(rt.to_numpy(got), expected, err_msg=rt.__name__)
+        got = rt.generate(model, rt.asarray(prompt), 12, eos_id=sample_eos, **sample)
+        np.testing.assert_array_equal(rt.to_numpy(got), sampled, err_msg=rt.__name__)
+    if EMULATION_MISSING is None:
+        with cupy_emulator.emulated_cupy() as rt:
+            model = load_pretrained(folder, backend=rt, dtype="float32")
+            got = rt.generate(model, rt.asarray(prompt), 12, temperature=0.0, eos_id=rt.asarray(np.array(eos)))
+            np.testing.assert_array_equal(rt.to_numpy(got), expected, err_msg="emulated CuPy (float32)")
 
 
 # ---- (d) export --------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def beam_search_on(backend, model, src, max_len, bos_id, eos_id, beam_size=4, le
             tokens, scores, _ = pooled_beam_search(
                 xp, backend.cache(), xp.full((B, 1), bos_id, dtype=xp.int64),
                 lambda step, cache: model.decode(step, memory, memory_mask, cache=cache)[:, -1], V, max_len - 1, K,
-                eos_id, alpha, early_stopping)
+                (eos_id,), alpha, early_stopping)
             return tokens, scores
         b = xp.arange(B)[:, None]  # (B, 1)
         tokens = xp.full((B, K, 1), bos_id, dtype=xp.int64)  # (B, K, 1)
@@ -180,8 +180,9 @@ def lm_beam_search_on(backend, model, prompt, max_new_tokens, num_beams, eos_id=
 
     Hypotheses are scored by  score(y) = log P(y | prompt) / n^length_penalty,  n = the generated
     tokens, EOS included, prompt not. K running hypotheses (never finished ones) are kept by their
-    sum of log-probabilities; each step the 2K best extensions of all of them are ranked, those
-    that end (EOS, or the max_new_tokens-th token) among the first K enter a pool of the K best
+    sum of log-probabilities; each step the max(2, 1 + #EOS ids)·K best extensions of all of them are
+    ranked (enough that K of them go on even if every EOS id is among them), those that end (any
+    EOS id, or the max_new_tokens-th token) among the first K enter a pool of the K best
     finished hypotheses (by score), and the K best that do not end keep running. A source is done
     when its pool is full and (early_stopping=True) at once, or (False) when the best running
     hypothesis scored at its current length, or ("never", with length_penalty > 0) at the longest
@@ -189,30 +190,32 @@ def lm_beam_search_on(backend, model, prompt, max_new_tokens, num_beams, eos_id=
 
     This is not beam_search's GNMT scoring, where finished hypotheses stay in the beam and compete
     with running ones: it is the Hugging Face algorithm, so that rosetta and transformers agree.
-    prompt (B, P) int ids  →  tokens (B, K, P + n) int64 (the pool, best first; eos_id after each
-    end), scores (B, K) float64 (−inf: an empty slot) and each one's n (B, K) int64,
+    eos_id: an id, a sequence of ids (any of them ends a hypothesis) or None.
+    prompt (B, P) int ids  →  tokens (B, K, P + n) int64 (the pool, best first; the first EOS id after
+    each end), scores (B, K) float64 (−inf: an empty slot) and each one's n (B, K) int64,
     n <= max_new_tokens.
-    Checked by generate_on; the model runs in eval mode. The search itself is pooled_beam_search
-    (beam_search(method="transformers") runs it for the encoder-decoder Transformer).
+    Checked by generate_on (eos_id here too); the model runs in eval mode. The search itself is
+    pooled_beam_search (beam_search(method="transformers") runs it for the encoder-decoder Transformer).
     """
-    xp = backend.namespace(model)
+    xp, eos_ids = backend.namespace(model), _check_eos("eos_id", eos_id, model.vocab_size)
     with _inference(model, backend):
         return pooled_beam_search(xp, backend.cache() if use_cache else None, xp.asarray(prompt, dtype=xp.int64),
                                   lambda step, cache: next_token_logits(model, step, cache), model.vocab_size,
-                                  max_new_tokens, num_beams, eos_id, length_penalty, early_stopping)
+                                  max_new_tokens, num_beams, eos_ids, length_penalty, early_stopping)
 
 
-def pooled_beam_search(xp, cache, start, next_logits, V, max_new_tokens, K, eos_id, length_penalty, early_stopping):
+def pooled_beam_search(xp, cache, start, next_logits, V, max_new_tokens, K, eos_ids, length_penalty, early_stopping):
     """lm_beam_search_on's search (transformers' algorithm), for any model that gives next-token logits.
 
     start (B, P) int64: each source's first tokens (the prompt; the Transformer: BOS). next_logits(step,
     cache) → (B·K, V): the logits after each of the B·K rows' tokens, given step, the new tokens (B·K, t)
-    (all of them the first time or when cache is None). Returns (tokens (B, K, P + n), scores (B, K),
-    lengths (B, K)) as lm_beam_search_on.
+    (all of them the first time or when cache is None). eos_ids: a tuple of ids (any ends a hypothesis)
+    or None. Returns (tokens (B, K, P + n), scores (B, K), lengths (B, K)) as lm_beam_search_on.
     """
     B, P = start.shape
     b = xp.arange(B)[:, None]  # (B, 1)
-    fill = 0 if eos_id is None else eos_id  # after a hypothesis' end
+    fill = 0 if eos_ids is None else eos_ids[0]  # after a hypothesis' end (transformers' pad: the first EOS id)
+    ranked = max(2, 1 + len(eos_ids or ())) * K  # extensions ranked per step: K go on even if all EOS ids rank
     running = xp.asarray(start[xp.repeat(xp.arange(B), K)].reshape(B, K, P), dtype=xp.int64)  # (B, K, P)
     sums = xp.full((B, K), -xp.inf, dtype=xp.float64)  # (B, K)  log P of each running hypothesis
     sums[:, 0] = 0.0  # one live hypothesis (the prompt) per source at the start
@@ -225,12 +228,11 @@ def pooled_beam_search(xp, cache, start, next_logits, V, max_new_tokens, K, eos_
         logits = next_logits(step, cache)  # (B·K, V)
         log_probs = _log_softmax(xp.asarray(logits, dtype=xp.float64), xp).reshape(B, K, V)  # (B, K, V)
         extended = (sums[..., None] + log_probs).reshape(B, K * V)  # (B, K·V)  log P of every extension
-        top = xp.argsort(-extended, axis=1, kind="stable")[:, :2 * K]  # (B, 2K)  the 2K best extensions
-        beam, token = top // V, top % V  # (B, 2K) ×2
-        top_sums = extended[b, top]  # (B, 2K)
-        candidates = xp.concatenate([running[b, beam], token[..., None]], axis=-1)  # (B, 2K, P + n)
-        ends = (token == eos_id) if eos_id is not None else xp.zeros(token.shape, dtype=bool)  # (B, 2K)
-        ends = ends | (n == max_new_tokens)  # (B, 2K)  the last step ends every hypothesis
+        top = xp.argsort(-extended, axis=1, kind="stable")[:, :ranked]  # (B, R)  the R best extensions
+        beam, token = top // V, top % V  # (B, R) ×2
+        top_sums = extended[b, top]  # (B, R)
+        candidates = xp.concatenate([running[b, beam], token[..., None]], axis=-1)  # (B, R, P + n)
+        ends = _is_eos(token, eos_ids) | (n == max_new_tokens)  # (B, R)  the last step ends every hypothesis
         # the pool: the first K candidates that end, scored by their length, merged with the pool
         full = xp.all(pool_scores > -xp.inf, axis=1)  # (B,)
         may_enter = open_ & ~(full & (early_stopping is True))  # (B,)
@@ -269,13 +271,16 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=
     top-k, top-p); ties rank the lower id first, as argmax does. temperature = 0 picks the
     argmax (greedy). top_p is keyword-only (the positional order predates it), 0 < top_p <= 1.
     Sampling is by inverse CDF with one uniform per row from numpy's default_rng(seed): the same
-    seed gives the same tokens. With eos_id a row stops at its first EOS (later positions are
-    eos_id) and generation stops when every row has. With use_cache=True the prompt is fed once,
-    then one token per step.
+    seed gives the same tokens. eos_id is an id or a sequence of ids (instruct models list
+    several, e.g. [128001, 128008, 128009]): a row stops at its first token that is any of them
+    (later positions hold the first one, transformers' pad when pad_token_id is unset) and
+    generation stops when every row has. With use_cache=True the prompt is fed once, then one
+    token per step.
 
     num_beams > 1 (with temperature 0, no top_k/top_p) is beam search as transformers'
-    ``generate(num_beams=, do_sample=False, length_penalty=, early_stopping=)``: each row gets its
-    best hypothesis by log P / n^length_penalty (see lm_beam_search_on), eos_id-padded.
+    ``generate(num_beams=, do_sample=False, length_penalty=, early_stopping=)``: any EOS id ends a
+    hypothesis; each row gets its best one by log P / n^length_penalty (see lm_beam_search_on),
+    padded with the first EOS id.
 
     prompt (B, P) int ids  →  tokens (B, P + n) int64, n <= max_new_tokens, prompt included.
     The model runs in eval mode (no dropout) during generation; its modes are restored after.
@@ -319,13 +324,12 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
         top_p = _check_real("top_p", top_p, minimum=0.0)
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must lie in (0, 1] (a probability mass), got {top_p}")
-    if eos_id is not None:
-        eos_id = _check_token("eos_id", eos_id, model.vocab_size)
+    eos_ids = _check_eos("eos_id", eos_id, model.vocab_size)  # a tuple of ids, or None
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
         raise TypeError(f"seed must be an int or None, got {describe(seed)}")
     check_flag("use_cache", use_cache)
     if _check_beams(num_beams, length_penalty, early_stopping, temperature, top_k, top_p) > 1:
-        tokens, _, lengths = lm_beam_search_on(backend, model, prompt, max_new_tokens, num_beams, eos_id,
+        tokens, _, lengths = lm_beam_search_on(backend, model, prompt, max_new_tokens, num_beams, eos_ids,
                                                length_penalty, early_stopping, use_cache)
         longest = int(lengths[:, 0].max()) if lengths.shape[0] else 0
         return tokens[:, 0, :prompt.shape[1] + longest]  # (B, P + n)  each row's best
@@ -339,12 +343,12 @@ def generate_on(backend, model, prompt, max_new_tokens, temperature=1.0, top_k=N
         for _ in range(max_new_tokens):
             logits = next_token_logits(model, step, cache)  # (B, V)  model(step)[:, -1]
             next_token = _pick(logits, temperature, top_k, rng, xp, top_p)  # (B,)
-            if eos_id is not None:
-                next_token = xp.where(finished, eos_id, next_token)  # (B,)  finished rows: padding
-                finished = finished | (next_token == eos_id)  # (B,)
+            if eos_ids is not None:
+                next_token = xp.where(finished, eos_ids[0], next_token)  # (B,)  finished rows: padding
+                finished = finished | _is_eos(next_token, eos_ids)  # (B,)  any EOS id ends a row
             tokens = xp.concatenate([tokens, next_token[:, None]], axis=1)  # (B, t + 1)
             step = next_token[:, None] if use_cache else tokens  # (B, 1), or the whole sequence
-            if eos_id is not None and bool(xp.all(finished)):
+            if eos_ids is not None and bool(xp.all(finished)):
                 break
     return tokens
 
@@ -384,6 +388,14 @@ def _nucleus(probs, top_p, xp):
     keep_sorted = xp.concatenate([xp.full((B, 1), True, dtype=bool), mass[:, :-1] < top_p], axis=1)  # (B, V)
     rank = xp.argsort(order, axis=-1, kind="stable")  # (B, V)  each token's place in the order
     return keep_sorted[rows, rank]  # (B, V)
+
+
+def _is_eos(token, eos_ids):
+    """token ∈ eos_ids, elementwise (all False for None): one comparison per EOS id, on any array backend."""
+    ends = token != token  # (...)  False
+    for eos in eos_ids or ():
+        ends = ends | (token == eos)  # (...)
+    return ends
 
 
 def _log_softmax(x, xp):
@@ -440,6 +452,21 @@ def _check_token(name, value, vocab_size):
     if value >= vocab_size:
         raise ValueError(f"{name} must lie in [0, {vocab_size}) (the vocabulary), got {value}")
     return value
+
+
+def _check_eos(name, value, vocab_size):
+    """An EOS id, or a non-empty sequence of them (list, tuple, 1-D array), as a tuple of ints; None stays None."""
+    if value is None:
+        return None
+    if getattr(value, "ndim", None) in (0, 1):  # a NumPy / CuPy / torch id or array of ids
+        value = value.tolist()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, list, tuple)):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {describe(value)}")
+    if not isinstance(value, (list, tuple)):
+        return (_check_token(name, value, vocab_size),)
+    if not value:
+        raise ValueError(f"{name} must be an id or a non-empty sequence of ids, got {value!r}")
+    return tuple(_check_token(f"{name}[{i}]", e, vocab_size) for i, e in enumerate(value))
 
 
 def _check_real(name, value, minimum):

@@ -150,16 +150,11 @@ def generate_ids(folder, prompt: str, *, backend="numpy", dtype=None, max_new_to
     eos = [e for e in eos_ids(model.hf_config, folder) if 0 <= e < model.vocab_size]
     start = time.perf_counter()
     out = rt.generate(model, rt.asarray(np.asarray([ids], dtype=np.int64)), max_new_tokens,
-                      temperature=temperature, top_k=top_k, eos_id=eos[0] if eos else None, seed=seed, top_p=top_p,
-                      num_beams=num_beams, length_penalty=length_penalty)
+                      temperature=temperature, top_k=top_k, eos_id=eos or None, seed=seed, top_p=top_p,
+                      num_beams=num_beams, length_penalty=length_penalty)  # one row: it ends at its first EOS
     out = np.asarray(rt.to_numpy(out))[0]
     seconds = time.perf_counter() - start
-    new = [int(t) for t in out[len(ids):]]
-    for i, token in enumerate(new):  # the first EOS ends the text (a list of EOS ids: any of them)
-        if token in eos:
-            new = new[:i + 1]
-            break
-    return ids, new, seconds, tokenizer
+    return ids, [int(t) for t in out[len(ids):]], seconds, tokenizer
 
 
 def run_generate(args) -> int:

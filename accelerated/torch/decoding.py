@@ -141,7 +141,8 @@ def generate(model, prompt, max_new_tokens, temperature=1.0, top_k=None, eos_id=
     """Sample (or, at temperature 0, pick) continuations of a DecoderLM: reference.decoding.generate's algorithm.
 
     The uniforms come from numpy's default_rng(seed), as on the reference, so the same seed and
-    weights give the same tokens on every backend. num_beams > 1: transformers' beam search
+    weights give the same tokens on every backend. eos_id: an id or a sequence of ids (a list, tuple or
+    1-D tensor; any of them ends a row). num_beams > 1: transformers' beam search
     (reference.decoding.lm_beam_search_on). prompt (B, P) → tokens (B, P + n) int64.
     """
     return reference.generate_on(TORCH, model, prompt, max_new_tokens, temperature, top_k, eos_id, seed, use_cache,
