@@ -40,7 +40,7 @@ from parity_tests.test_conformance import (
     outcome,
     stepped,
 )
-from parity_tests.tolerances import GRADIENT_TOL, assert_close
+from parity_tests.tolerances import FEW_ROUNDINGS, FLOAT32_ROUNDOFF, GRADIENT_TOL, assert_close
 
 
 # ---- 1. a refused optimizer state changes nothing; torch raises the reference's messages -----
@@ -134,8 +134,12 @@ def test_backward_once_per_forward_across_a_composite(backend):
             np.testing.assert_array_equal(e.rt.to_numpy(p.grad), first[name], err_msg=name)
         y = model(ids)  # a new forward allows one backward again; the gradients add up
         model.backward(grad_like(e, y))
+        # equal up to summation order: a repeated id's rows are added one by one into the kept gradient
+        tol = FEW_ROUNDINGS if np.dtype(e.dt) == np.float64 else FLOAT32_ROUNDOFF
         for name, p in model.named_parameters():
-            np.testing.assert_array_equal(e.rt.to_numpy(p.grad), 2 * first[name], err_msg=name)
+            scale = float(np.max(np.abs(first[name]), initial=0.0))
+            np.testing.assert_allclose(e.rt.to_numpy(p.grad), 2 * first[name], rtol=tol, atol=tol * scale,
+                                       err_msg=name)
 
 
 # ---- 4. float16 cross-entropy ------------------------------------------------------------------
