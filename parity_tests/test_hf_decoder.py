@@ -16,14 +16,14 @@ and safetensors alone. transformers is the oracle:
 3.1's, chosen so that its three regimes occur; rope_type "linear").
 
 transformers computes RMSNorm and the RoPE tables in float32 whatever the model's dtype;
-``float64_oracle`` recomputes both (same formulas) in float64 so that it is a float64 oracle
-(test_scaled_rope_oracle_is_transformers checks its scaled frequencies against transformers').
+``float64_oracle`` (from rosetta.bench.hf_agreement, which measures the same agreement) recomputes both
+(same formulas) in float64 so that it is a float64 oracle (test_scaled_rope_oracle_is_transformers checks
+its scaled frequencies against transformers').
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import types
@@ -50,6 +50,7 @@ from parity_tests.tolerances import (  # noqa: E402
     HF_ROPE_FREQUENCY_TOL,
     relative_error,
 )
+from rosetta.bench.hf_agreement import float64_oracle, inverse_frequencies  # noqa: E402
 from rosetta.hf import load_pretrained, read_checkpoint, save_pretrained, write_checkpoint  # noqa: E402
 from rosetta.hf.folder import TensorSource  # noqa: E402
 
@@ -75,56 +76,9 @@ _TMP = Path(tempfile.mkdtemp(prefix="rosetta-hf-test-"))
 # ---- the oracle --------------------------------------------------------------------------------
 
 
-def _rms_forward(self, x):  # LlamaRMSNorm's formula, in the input's dtype (transformers: float32)
-    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-
-def _rope_forward(self, x, position_ids):  # LlamaRotaryEmbedding's tables, in float64 (transformers: float32)
-    freqs = position_ids[..., None].to(torch.float64) * self.inv_freq64
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-def float64_oracle(model):
-    """``model`` in float64 throughout, in eval mode (RMSNorm and RoPE recomputed in float64)."""
-    model.double().eval()
-    for module in model.modules():
-        name = type(module).__name__
-        if name.endswith("RMSNorm"):
-            module.forward = types.MethodType(_rms_forward, module)
-        elif name.endswith("RotaryEmbedding"):
-            config = module.config
-            dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-            module.inv_freq64 = oracle_inverse_frequencies(config.rope_parameters, dim)
-            module.forward = types.MethodType(_rope_forward, module)
-    return model
-
-
 def oracle_inverse_frequencies(parameters: dict, dim: int):
-    """transformers' RoPE frequencies (modeling_rope_utils) in float64 (dim/2,); "llama3" written as
-    Meta's apply_scaling (a loop with one branch per regime), apart from rosetta's vectorized form."""
-    base = parameters["rope_theta"]
-    freqs = [base ** (-i / dim) for i in range(0, dim, 2)]
-    kind = parameters.get("rope_type", "default")
-    if kind == "linear":
-        freqs = [freq / parameters["factor"] for freq in freqs]
-    elif kind == "llama3":
-        scale, low, high = parameters["factor"], parameters["low_freq_factor"], parameters["high_freq_factor"]
-        old_context = parameters["original_max_position_embeddings"]
-        scaled = []
-        for freq in freqs:
-            wavelen = 2 * math.pi / freq
-            if wavelen < old_context / high:
-                scaled.append(freq)
-            elif wavelen > old_context / low:
-                scaled.append(freq / scale)
-            else:
-                smooth = (old_context / wavelen - low) / (high - low)
-                scaled.append((1 - smooth) * freq / scale + smooth * freq)
-        freqs = scaled
-    else:
-        assert kind == "default", kind
-    return torch.tensor(freqs, dtype=torch.float64)
+    """transformers' RoPE frequencies in float64 (dim/2,), as a tensor (rosetta.bench.hf_agreement's oracle)."""
+    return torch.tensor(inverse_frequencies(parameters, dim), dtype=torch.float64)
 
 
 def hf_config(arch: str, head_dim: int, heads: int, kv_heads: int, layers: int = 2, window=None):

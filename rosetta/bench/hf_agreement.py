@@ -92,7 +92,7 @@ def error(actual, expected) -> float:
     return float(np.max(np.abs(actual - expected))) / max(float(np.max(np.abs(expected))), FLOOR)
 
 
-# ---- the float64 oracle (as parity_tests/test_hf_decoder.py) -----------------------------------
+# ---- the float64 oracle (parity_tests/test_hf_decoder.py uses it too) -----------------------------------
 
 
 def _rms_forward(self, x):  # LlamaRMSNorm's formula in the input's dtype (transformers: float32)
@@ -110,10 +110,16 @@ def _rope_forward(self, x, position_ids):  # LlamaRotaryEmbedding's tables in fl
 
 
 def inverse_frequencies(parameters: dict, dim: int) -> list:
-    """RoPE frequencies θ_i = base^(−2i/d) (dim/2,), in float64; "llama3" as Meta's apply_scaling."""
+    """transformers' RoPE frequencies (modeling_rope_utils) in float64 (dim/2,): θ_i = base^(−2i/d);
+    "linear" divides them by its factor; "llama3" written as Meta's apply_scaling (a loop with one
+    branch per regime), apart from rosetta's vectorized form."""
     base = parameters["rope_theta"]
     freqs = [base ** (-i / dim) for i in range(0, dim, 2)]
-    if parameters.get("rope_type", "default") != "llama3":
+    kind = parameters.get("rope_type", "default")
+    if kind == "linear":
+        return [freq / parameters["factor"] for freq in freqs]
+    if kind != "llama3":
+        assert kind == "default", f"the oracle has no rope_type {kind!r}"
         return freqs
     scale, low, high = parameters["factor"], parameters["low_freq_factor"], parameters["high_freq_factor"]
     old = parameters["original_max_position_embeddings"]
