@@ -32,6 +32,7 @@ import reference  # noqa: E402
 from accelerated import cupy_emulator  # noqa: E402
 from parity_tests.strategies import examples  # noqa: E402
 from parity_tests.tolerances import FORWARD_TOL, HF_GRADIENT_TOL, HF_LOGITS_TOL, relative_error  # noqa: E402
+from rosetta.bench.hf_agreement import marian_formula_table  # noqa: E402  (the float64 formula)
 from rosetta.hf import bert, load_pretrained, marian, save_pretrained  # noqa: E402
 from rosetta.hf.folder import TensorSource, read_checkpoint, write_checkpoint  # noqa: E402
 
@@ -78,16 +79,6 @@ def bert_checkpoint(folder, *, d_model, heads, masked_lm, seed, hidden_act="gelu
     hf = transformers.BertForMaskedLM(config) if masked_lm else transformers.BertModel(config)
     hf.save_pretrained(folder)
     return hf.double().eval()
-
-
-def marian_formula_table(n_pos: int, dim: int) -> np.ndarray:
-    """transformers' MarianSinusoidalPositionalEmbedding.create_weight, kept in float64."""
-    position_enc = np.array([[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(n_pos)])
-    out = np.empty((n_pos, dim))
-    sentinel = dim // 2 if dim % 2 == 0 else dim // 2 + 1
-    out[:, :sentinel] = np.sin(position_enc[:, 0::2])
-    out[:, sentinel:] = np.cos(position_enc[:, 1::2])
-    return out
 
 
 def exact_positions(hf) -> None:

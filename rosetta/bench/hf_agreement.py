@@ -153,7 +153,7 @@ def float64_oracle(model):
     return model
 
 
-def _marian_table(n_pos: int, dim: int) -> np.ndarray:
+def marian_formula_table(n_pos: int, dim: int) -> np.ndarray:
     """transformers' MarianSinusoidalPositionalEmbedding table in float64 (sin half, then cos half)."""
     position_enc = np.array([[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(n_pos)])
     out = np.empty((n_pos, dim))
@@ -233,7 +233,7 @@ def build_checkpoint(arch: str, size: dict, seed: int, folder: Path, generation:
     if arch == "marian":
         for stack in (model.model.encoder, model.model.decoder):
             weight = stack.embed_positions.weight
-            weight.data = torch.from_numpy(_marian_table(*weight.shape))
+            weight.data = torch.from_numpy(marian_formula_table(*weight.shape))
     return model
 
 
