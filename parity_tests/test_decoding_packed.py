@@ -3,6 +3,7 @@ never used while gradients are tracked, follow every change of the weights, and 
 
 import copy
 import pickle
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 import accelerated.torch as at  # noqa: E402
 from accelerated.torch.decoding import pack_for_decoding  # noqa: E402
+from accelerated.torch import attention  # noqa: E402
 from accelerated.torch.linear import packed_weights  # noqa: E402
 
 F64 = np.float64
@@ -121,3 +123,53 @@ def test_copies_are_neither_pickled_nor_deep_copied():
     model = pack_for_decoding(tiny_lm("gpt", 5))
     assert not packed_modules(copy.deepcopy(model))
     assert not packed_modules(pickle.loads(pickle.dumps(model)))
+
+
+@examples(0.3)
+@given(st.sampled_from([1, 2]), st.booleans(), st.booleans(), st.sampled_from(["query", "cached key", "weight"]),
+       st.integers(0, 1), seeds)
+def test_a_nan_reaches_the_output_of_the_lean_cached_step(num_kv_heads, rotary, packed, where, row, seed):
+    """The cached one-token step attends without the fused kernel's NaN fix-up (no row of it can be fully
+    masked): a NaN in the new token, in a cached key / value or in a weight must still reach its output rows."""
+    m = at.MultiHeadAttention(D, HEADS, num_kv_heads=num_kv_heads, rotary=rotary, seed=seed, dtype=torch.float64)
+    x = torch.as_tensor(np.random.default_rng(seed).standard_normal((2, 4, D)))  # (B, N, D)
+    with torch.no_grad():
+        expected = m(x, is_causal=True)[:, 3]  # (B, D)  the last position, uncached
+        if where == "cached key":
+            x[row, 1, 0] = float("nan")  # an earlier token: its key and value are read from the cache
+        elif where == "query":
+            x[row, 3, 0] = float("nan")  # the new token
+        else:
+            m.q_proj.weight[row, 0] = float("nan")  # one query feature of one head, every batch row
+        if packed:
+            pack_for_decoding(m)
+        cache = at.KVCache()
+        m(x[:, :3], is_causal=True, cache=cache)
+        with mock.patch.object(attention, "_one_query", wraps=attention._one_query) as lean:
+            y = m(x[:, 3:], is_causal=True, cache=cache)[:, 0]  # (B, D)  the one-token step
+    assert lean.call_count == 1  # the step took the lean path (and only the step: the prompt has 3 queries)
+    nan_rows = torch.isnan(y).any(dim=-1).tolist()
+    assert nan_rows == ([True, True] if where == "weight" else [r == row for r in range(2)])
+    for r in range(2):
+        if not nan_rows[r]:  # the other row is untouched: as the uncached forward
+            assert_close(y[r].numpy(), expected[r].numpy(), F64, f"finite row {r}", table={
+                np.dtype(F64): CLOSED_FORM})
+
+
+def test_the_cache_appends_into_room_without_touching_keys_handed_out_before():
+    m = at.MultiHeadAttention(D, HEADS, seed=0, dtype=torch.float64).eval()
+    x = torch.as_tensor(np.random.default_rng(0).standard_normal((2, 6, D)))
+    cache, handed = at.KVCache(), []
+    with torch.no_grad():
+        for t in range(6):  # one token a step, as decoding: each append after the first writes into room
+            m(x[:, t:t + 1], is_causal=True, cache=cache)
+            keys, values = cache._entries[id(m)][1:3]
+            handed.append((keys, keys.clone(), values.clone()))
+        cache.reorder(torch.tensor([1, 0]))  # beam search: fresh tensors, appended to by copying again
+        m(x[:, :1], is_causal=True, cache=cache)
+    for keys, kept, _ in handed:
+        assert torch.equal(keys, kept)  # later steps wrote past them only
+    full = m.k_proj(x).reshape(2, 6, HEADS, D // HEADS).transpose(1, 2)  # (B, H, 6, d)  every key at once
+    assert_close(handed[-1][1].numpy(), full.detach().numpy(), F64, "appended keys", table={
+        np.dtype(F64): CLOSED_FORM})  # one row at a time against six at once: BLAS may sum in another order
+    assert torch.equal(cache._entries[id(m)][1][:, :, :6], handed[-1][1][[1, 0]])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from reference.attention_inputs import check_qkv, check_scale, check_sdpa_arguments
 from reference.masks import allowed_causal
 
-from .checks import check_probability, check_tensor
+from .checks import autocast_active, check_probability, check_tensor
 from .dropout import dropout_scale
 from .masks import torch_arange
 from .module import Module
@@ -131,6 +131,9 @@ def attend(query, key, value, attn_mask, dropout_p: float, is_causal: bool, scal
             is_causal = False
     if need_weights:
         return _materialized(query, key, value, mask, dropout_p, is_causal, scale, group, generator)
+    if (mask is None and not is_causal and L == 1 and dropout_p == 0 and not torch.is_grad_enabled()
+            and not autocast_active(query)):  # a cached decoding step (under autocast: the fused kernel's dtypes)
+        return _one_query(query, key, value, scale, group), None
     if mask is None:  # no row can be empty (causal rows always see key 0; S = 0 gives zeros)
         out = _sdpa(query, key, value, None, dropout_p, is_causal, scale, group)
         return out + _nan_rows(query, key, is_causal, group), None
@@ -168,6 +171,21 @@ def _sdpa(query, key, value, mask, dropout_p: float, is_causal: bool, scale: flo
     if mask is not None and mask.dtype == torch.bool:  # added, not Where: NaN + (−inf) stays NaN, as eager
         mask = torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))  # (..., L, S)
     return masked_softmax(scores if mask is None else scores + mask) @ v  # (..., L, Ev)
+
+
+def _one_query(query, key, value, scale: float, group: int):
+    """softmax(scale · q Kᵀ) V for one query row per head that sees every key (no mask): a cached decoding step.
+
+    Written out, a few small kernels instead of the fused one and _nan_rows' fix-up: a NaN in the query or
+    in the keys makes that row's scores NaN, and the softmax carries it to the output, as the rule asks; no
+    row is masked, and one whose scores all overflowed to −inf gives 0, as the fused kernel. The kv heads are read in place: query head h = g·group + j is row j
+    of kv head g (the fused kernel's enable_gqa order).
+    """
+    *batch, H, _, E = query.shape
+    q = query.reshape(*batch, H // group, group, E)  # (..., Hkv, group, E)  one row per query head of a kv head
+    scores = (q @ key.transpose(-1, -2)) * scale  # (..., Hkv, group, S)
+    out = masked_softmax(scores) @ value  # (..., Hkv, group, Ev)  a row of scores all −inf (overflow) gives 0
+    return out.reshape(*batch, H, 1, value.shape[-1])  # (..., H, 1, Ev)
 
 
 def _nan_rows(query, key, is_causal: bool, group: int):
