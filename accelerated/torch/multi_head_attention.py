@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from reference import multi_head_attention as reference
-from reference.attention_inputs import ArrayOps, check_attention_config, check_scale, prepare_attention
+from reference.attention_inputs import ArrayOps, check_attention_config, prepare_attention
 from reference.checks import check_flag
 from reference.kv_cache import cached_heads
 from reference.multi_head_attention import merge_heads, split_heads
 
 from .arrays import resolve_dtype
-from .attention import ScaledDotProductAttention, attend
+from .attention import ScaledDotProductAttention
 from .checks import check_tensor, dtype_kind
 from .kv_cache import check_cache
 from .linear import Linear
@@ -81,11 +81,6 @@ class MultiHeadAttention(Module):
         options = {"attn_mask": mask, "is_causal": bool(is_causal) and cache is None, "enable_gqa": Hkv != H}
         if need_weights:
             o, weights = self.attention._forward_with_weights(q, k, v, **options)  # (B, H, L, d), (B, H, L, S)
-        elif cache is not None and not self.training and not torch.is_grad_enabled():
-            # a cached inference step: q, k, v and the mask were built here from checked inputs, so attend
-            # directly rather than check them again at every token
-            self.attention.__dict__["_weights"] = None  # as the module's own call: no P from an earlier call
-            o, _ = attend(q, k, v, mask, 0.0, False, check_scale(None, self.head_dim), H // Hkv, False)
         else:
             o = self.attention(q, k, v, **options)  # (B, H, L, d)  the fused kernel
         y = self.out_proj(merge_heads(o))  # (B, L, D)
