@@ -12,6 +12,7 @@ exit status 2, naming it. (e) a tiny benchmark run: schema, rows, report, plot.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import struct
@@ -166,6 +167,14 @@ def test_a_quantized_checkpoint_loads_on_every_backend(tmp_path, backend):
         assert relative_error(got, want) <= FORWARD_TOL[np.dtype(F64)], (backend, settings)
         with pytest.raises(ValueError, match="quantized and inference-only"):
             reference_model.backward(np.ones((4, 16, TASK.vocab_size)))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed: the cupy backend loads")
+def test_an_unavailable_backend_is_named_not_blamed_on_the_config(tmp_path):
+    path, _ = float_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="backend 'cupy' is not available") as error:
+        load_checkpoint(path, backend="cupy")
+    assert "invalid config" not in str(error.value)
 
 
 def test_the_digest_covers_integer_tensors_and_the_settings(tmp_path):

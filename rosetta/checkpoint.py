@@ -284,6 +284,7 @@ def load_checkpoint(path, backend="numpy", *, quantized=None):
                "float checkpoint it was quantized from)")
             + f", got a {'float' if quantization is None else 'quantized'} {kind} (quantization {quantization!r})"
         )
+    backend = backend_namespace(backend)  # an unavailable backend is said as such, not as a bad config
     try:
         model = build_model(config, kind, backend=backend, quantization=quantization)
     except (TypeError, ValueError) as error:
